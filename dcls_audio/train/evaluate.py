@@ -1,0 +1,200 @@
+"""Evaluation: every clip scored exactly once, at any world size.
+
+`DistributedSampler` pads the evaluation set so that all ranks see as many clips, which counts
+some clips twice in the metrics (the authors' code has this bug). `ShardedEvalSampler` splits
+the clip indices into contiguous, disjoint blocks instead (ranks may differ by one clip), and
+`predict` gathers (index, score, target) chunks from every rank and puts them back in dataset
+order. No collective runs inside the batch loop, so ranks with different numbers of batches
+cannot dead-lock; the only collective is the final `all_gather_object`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+
+class ShardedEvalSampler(Sampler[int]):
+    """Contiguous, disjoint, unpadded shard of range(num_samples) for one rank."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.num_samples = num_samples
+        self.rank = rank
+        self.world_size = world_size
+        # the first (num_samples % world_size) ranks take one extra clip
+        base, extra = divmod(num_samples, world_size)
+        start = rank * base + min(rank, extra)
+        stop = start + base + (1 if rank < extra else 0)
+        self.indices: list[int] = list(range(start, stop))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _dist_world() -> tuple[bool, int]:
+    """(initialised, world size) of the default process group."""
+    if dist.is_available() and dist.is_initialized():
+        return True, dist.get_world_size()
+    return False, 1
+
+
+def _sampler_indices(loader: DataLoader) -> list[int]:
+    """Dataset indices in the order the loader yields them (needs a deterministic sampler)."""
+    if loader.batch_sampler is not None and getattr(loader.batch_sampler, "sampler", None) not in (
+        loader.sampler,
+        None,
+    ):
+        raise ValueError("predict: the loader's batch_sampler does not draw from loader.sampler")
+    if getattr(loader, "drop_last", False):
+        raise ValueError("predict: the evaluation loader must not use drop_last=True (clips lost)")
+    first = [int(i) for i in loader.sampler]
+    second = [int(i) for i in loader.sampler]
+    if first != second:
+        raise ValueError(
+            "predict: loader.sampler is not deterministic (e.g. shuffle=True); use "
+            "ShardedEvalSampler or a SequentialSampler, or make the dataset return "
+            "(waveform, target, index)"
+        )
+    return first
+
+
+def _modes(modules: list[nn.Module | None]) -> list[tuple[nn.Module, bool]]:
+    """Training flag of every submodule, to restore after evaluation."""
+    return [(m, m.training) for root in modules if root is not None for m in root.modules()]
+
+
+def _gather(
+    indices: np.ndarray, scores: np.ndarray, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate the (indices, scores, targets) chunks of every rank, on every rank."""
+    initialised, world = _dist_world()
+    if not initialised or world == 1:
+        return indices, scores, targets
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * world
+    dist.all_gather_object(chunks, (indices, scores, targets))
+    # ranks with no clip contribute (0, 0) arrays that would not concatenate
+    parts = [c for c in chunks if c is not None and len(c[0])]
+    if not parts:
+        return indices, scores, targets
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+    )
+
+
+def _to_dataset_order(
+    indices: np.ndarray, scores: np.ndarray, targets: np.ndarray, num_samples: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Place rows by dataset index; drop padded repeats; fail if any clip is missing."""
+    uniq, first = np.unique(indices, return_index=True)
+    if len(uniq) != num_samples or (num_samples and (uniq[0] != 0 or uniq[-1] != num_samples - 1)):
+        missing = num_samples - int(np.sum((uniq >= 0) & (uniq < num_samples)))
+        raise RuntimeError(
+            f"predict: scored {len(uniq)} distinct clips but the dataset has {num_samples} "
+            f"({missing} missing); every rank's sampler must together cover the whole dataset "
+            "(use ShardedEvalSampler(len(dataset), rank, world_size))"
+        )
+    return scores[first], targets[first]
+
+
+def predict(
+    model: nn.Module,
+    frontend: nn.Module | None,
+    loader: DataLoader,
+    device: torch.device | str,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores and targets, float32 (N, C) in dataset order, each clip exactly once.
+
+    The loader's dataset yields (waveform, target) or (waveform, target, index). Without the
+    index, dataset indices are read from `loader.sampler`, which must then be deterministic
+    (ShardedEvalSampler, SequentialSampler or an unshuffled DistributedSampler, whose padded
+    repeats are dropped). Under an initialised process group the chunks of all ranks are
+    gathered so that every rank returns the full arrays. A DDP wrapper is unwrapped (its
+    forward would broadcast buffers, a collective that ranks with uneven batches would not all
+    reach). The frontend runs in float32; only the model runs under autocast(amp_dtype).
+    `model` and `frontend` are put in eval mode and their modes restored afterwards.
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    device = torch.device(device)
+    sampler_indices: list[int] | None = None
+    modes = _modes([model, frontend])
+    idx_chunks: list[np.ndarray] = []
+    score_chunks: list[np.ndarray] = []
+    target_chunks: list[np.ndarray] = []
+    seen = 0
+    model.eval()
+    if frontend is not None:
+        frontend.eval()
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                if not isinstance(batch, (list, tuple)) or len(batch) not in (2, 3):
+                    raise ValueError(
+                        "predict: each batch must be (waveform, target) or "
+                        f"(waveform, target, index), got {type(batch).__name__}"
+                    )
+                x, y = batch[0], batch[1]
+                n = x.shape[0]
+                if len(batch) == 3:
+                    idx = torch.as_tensor(batch[2]).reshape(-1).cpu().numpy().astype(np.int64)
+                else:
+                    if sampler_indices is None:
+                        sampler_indices = _sampler_indices(loader)
+                    idx = np.asarray(sampler_indices[seen : seen + n], dtype=np.int64)
+                if len(idx) != n:
+                    raise RuntimeError(
+                        f"predict: batch of {n} clips but {len(idx)} indices; the loader yields "
+                        "more clips than its sampler lists"
+                    )
+                seen += n
+                x = x.to(device, non_blocking=True)
+                if frontend is not None:
+                    x = frontend(x)
+                with autocast:
+                    logits = model(x)
+                if logits.shape[0] != n or logits.ndim != 2:
+                    raise RuntimeError(
+                        f"predict: model returned shape {tuple(logits.shape)}, expected ({n}, C)"
+                    )
+                if tuple(y.shape) != tuple(logits.shape):
+                    raise ValueError(
+                        f"predict: targets have shape {tuple(y.shape)} but the model outputs "
+                        f"{tuple(logits.shape)}; check data.num_classes against the model head"
+                    )
+                score_chunks.append(logits.float().sigmoid().cpu().numpy())
+                target_chunks.append(y.float().cpu().numpy())
+                idx_chunks.append(idx)
+    finally:
+        for module, training in modes:
+            module.train(training)
+
+    num_classes = score_chunks[0].shape[1] if score_chunks else 0
+    local_idx = np.concatenate(idx_chunks) if idx_chunks else np.zeros(0, dtype=np.int64)
+    local_s = np.concatenate(score_chunks) if score_chunks else np.zeros((0, num_classes))
+    local_t = np.concatenate(target_chunks) if target_chunks else np.zeros((0, num_classes))
+    all_idx, all_s, all_t = _gather(local_idx, local_s, local_t)
+    scores, targets = _to_dataset_order(all_idx, all_s, all_t, len(loader.dataset))
+    return scores.astype(np.float32, copy=False), targets.astype(np.float32, copy=False)
