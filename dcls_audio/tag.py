@@ -1,0 +1,272 @@
+"""Tag audio files with a trained dcls-audio checkpoint.
+
+Usage::
+
+    python -m dcls_audio.tag AUDIO... --checkpoint CKPT [--top-k 10] [--json] [--device cpu]
+
+Each file is read with soundfile (any format, sample rate and channel count it supports), mixed
+down to mono, resampled to 32 kHz and cut into 10 s windows (hop 10 s; the last window, or a file
+shorter than 10 s, is zero-padded). Every window goes through the log-mel frontend and the model;
+sigmoid probabilities are reported per window and for the whole file. The whole-file score of a
+class is the **mean** of its window probabilities (the `max` over windows is reported beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pickle
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from torch import nn
+
+SAMPLE_RATE = 32000
+WINDOW_SECONDS = 10.0
+WINDOW_SAMPLES = 320000
+
+
+class AudioReadError(RuntimeError):
+    """An input file could not be turned into audio samples (message names the file)."""
+
+
+@dataclass
+class Tagger:
+    """A model in eval mode with its frontend and class names, ready to score waveforms."""
+
+    model: nn.Module
+    frontend: nn.Module
+    class_names: list[str]
+    device: torch.device
+    weights: str  # "ema" or "model": which state dict of the checkpoint is loaded
+
+    @torch.inference_mode()
+    def probabilities(self, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+        """Sigmoid probabilities (W, C) of a batch of 10 s windows (W, 320000) at 32 kHz."""
+        out = []
+        for start in range(0, windows.shape[0], batch_size):
+            chunk = windows[start : start + batch_size].to(self.device)
+            logits = self.model(self.frontend(chunk))
+            out.append(torch.sigmoid(logits.float()).cpu())
+        return torch.cat(out)
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove a wrapper prefix (DDP/EMA `module.`, compile `_orig_mod.`) shared by all keys."""
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict and check it has the keys inference needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Training checkpoints also carry RNG states (numpy objects) that the safe loader refuses;
+        # the file is the user's own run output, so fall back to the full unpickler.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"checkpoint {path}: cannot be loaded ({err})") from err
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {path}: expected a dict, got {type(ckpt).__name__}")
+    missing = [k for k in ("model", "config") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path}: missing key(s) {missing}; expected a dcls-audio "
+                         "checkpoint with 'model', 'ema', 'config', 'class_names'")
+    for key in ("model", "conv"):
+        if key not in ckpt["config"]:
+            raise ValueError(f"checkpoint {path}: config has no '{key}' section")
+    return ckpt
+
+
+def build_from_checkpoint(
+    ckpt: dict[str, Any], prefer_ema: bool = True
+) -> tuple[nn.Module, str]:
+    """Build the checkpoint's model (config["model"], config["conv"]) and load its weights.
+
+    Returns the model in eval mode and which weights were loaded ("ema" when present and
+    preferred, else "model").
+    """
+    from dcls_audio.models import build_model
+
+    model_cfg = dict(ckpt["config"]["model"])
+    model_cfg["pretrained"] = None  # weights come from the checkpoint, never from a file
+    model = build_model(model_cfg, dict(ckpt["config"]["conv"]))
+    use_ema = prefer_ema and ckpt.get("ema") is not None
+    which = "ema" if use_ema else "model"
+    model.load_state_dict(_strip_prefixes(ckpt[which]))
+    model.eval()
+    return model, which
+
+
+def class_names_for(ckpt: dict[str, Any], num_classes: int) -> list[str]:
+    """Class display names: the checkpoint's, else the packaged AudioSet list for 527 classes."""
+    names = ckpt.get("class_names")
+    if names:
+        if len(names) != num_classes:
+            raise ValueError(f"checkpoint has {len(names)} class_names for {num_classes} outputs")
+        return [str(n) for n in names]
+    if num_classes == 527:
+        from dcls_audio.data import load_class_labels
+
+        return load_class_labels(None)
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def load_tagger(checkpoint: str | Path, device: str = "cpu", prefer_ema: bool = True) -> Tagger:
+    """Build a ready-to-use Tagger from a checkpoint file."""
+    from dcls_audio.data import LogMelFrontend
+
+    ckpt = load_checkpoint(checkpoint)
+    model, which = build_from_checkpoint(ckpt, prefer_ema=prefer_ema)
+    dev = torch.device(device)
+    model.to(dev)
+    frontend = LogMelFrontend().to(dev).eval()
+    with torch.inference_mode():
+        num_classes = model(torch.zeros(1, 1, 128, 1001, device=dev)).shape[-1]
+    names = class_names_for(ckpt, int(num_classes))
+    return Tagger(model, frontend, names, dev, which)
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a file as float32 mono at 32 kHz; AudioReadError naming the file on any failure."""
+    path = Path(path)
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises LibsndfileError, OSError, TypeError, ...
+        raise AudioReadError(f"{path}: cannot read audio ({err})") from err
+    if data.shape[0] == 0:
+        raise AudioReadError(f"{path}: contains no audio samples")
+    if not np.all(np.isfinite(data)):
+        raise AudioReadError(f"{path}: contains non-finite samples (NaN or inf)")
+    mono = data.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        wave = torch.from_numpy(np.ascontiguousarray(mono))
+        mono = torchaudio.functional.resample(wave, int(rate), SAMPLE_RATE).numpy()
+    return mono.astype(np.float32, copy=False), int(rate)
+
+
+def split_windows(wave: np.ndarray) -> torch.Tensor:
+    """Cut a 32 kHz waveform into 10 s windows (hop 10 s), zero-padding the last one."""
+    n = max(1, math.ceil(len(wave) / WINDOW_SAMPLES))
+    padded = np.zeros(n * WINDOW_SAMPLES, dtype=np.float32)
+    padded[: len(wave)] = wave
+    return torch.from_numpy(padded).view(n, WINDOW_SAMPLES)
+
+
+def _top(probs: torch.Tensor, names: list[str], k: int) -> list[dict[str, Any]]:
+    """The k most probable classes as [{index, label, probability}] in decreasing order."""
+    values, idx = torch.topk(probs, min(k, probs.numel()))
+    return [
+        {"index": int(i), "label": names[int(i)], "probability": round(float(v), 6)}
+        for v, i in zip(values, idx, strict=True)
+    ]
+
+
+def tag_file(tagger: Tagger, path: str | Path, top_k: int = 10) -> dict[str, Any]:
+    """Tag one file: per-window and whole-file (mean and max over windows) top-k labels."""
+    wave, rate = read_audio(path)
+    windows = split_windows(wave)
+    probs = tagger.probabilities(windows)
+    mean, peak = probs.mean(0), probs.max(0).values
+    duration = len(wave) / SAMPLE_RATE
+    top_mean = _top(mean, tagger.class_names, top_k)
+    for item in top_mean:
+        item["max_over_windows"] = round(float(peak[item["index"]]), 6)
+    return {
+        "file": str(path),
+        "input_sample_rate": rate,
+        "duration_s": round(duration, 3),
+        "num_windows": int(windows.shape[0]),
+        "whole_file_score": "mean over windows",
+        "top": top_mean,
+        "windows": [
+            {
+                "start_s": i * WINDOW_SECONDS,
+                "end_s": round(min((i + 1) * WINDOW_SECONDS, duration), 3),
+                "top": _top(probs[i], tagger.class_names, top_k),
+            }
+            for i in range(windows.shape[0])
+        ],
+    }
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """Human-readable text for one tagged file."""
+    n = result["num_windows"]
+    lines = [
+        f"{result['file']}  ({result['duration_s']:.1f} s, {n} window{'s' if n > 1 else ''}"
+        " of 10 s; score = mean over windows)"
+    ]
+    width = max((len(t["label"]) for t in result["top"]), default=5)
+    lines.append(f"  {'label':<{width}}  {'mean':>6}  {'max':>6}")
+    for t in result["top"]:
+        lines.append(
+            f"  {t['label']:<{width}}  {t['probability']:6.3f}  {t['max_over_windows']:6.3f}"
+        )
+    if n > 1:
+        for w in result["windows"]:
+            best = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in w["top"][:3])
+            lines.append(f"  [{w['start_s']:7.1f}-{w['end_s']:7.1f} s] {best}")
+    return "\n".join(lines)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m dcls_audio.tag",
+        description="Tag audio files with a dcls-audio checkpoint: top-k labels, probabilities.",
+    )
+    p.add_argument("audio", nargs="+", help="audio files (any format, rate, channel count)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint (last.pt / best.pt of a run)")
+    p.add_argument("--top-k", type=int, default=10, help="labels to print per file (default 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--raw-weights", action="store_true",
+                   help="use the raw model weights even when the checkpoint has EMA weights")
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error(f"--top-k must be >= 1, got {args.top_k}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns 0 unless every file failed (or the checkpoint did)."""
+    args = _parse(argv)
+    try:
+        tagger = load_tagger(args.checkpoint, args.device, prefer_ema=not args.raw_weights)
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    results, errors = [], []
+    for path in args.audio:
+        try:
+            result = tag_file(tagger, path, args.top_k)
+        except AudioReadError as err:
+            print(f"error: {err}", file=sys.stderr)
+            errors.append({"file": str(path), "error": str(err)})
+            continue
+        results.append(result)
+        if not args.json:
+            print(format_result(result), flush=True)
+    if args.json:
+        doc = {"checkpoint": str(args.checkpoint), "weights": tagger.weights,
+               "results": results, "errors": errors}
+        print(json.dumps(doc, indent=2))
+    return 1 if not results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
