@@ -1,0 +1,159 @@
+"""Separable construction of DCLS kernels.
+
+A DCLS kernel is a sum of ``kernel_count`` elements, each a weight spread over a dense grid by an
+interpolation centred on a learnable, real-valued position. Both interpolations used here factor
+per spatial axis:
+
+* ``"gauss"``: exp(-1/2 sum_d (x_d / s_d)^2) = prod_d exp(-1/2 (x_d / s_d)^2), s = |SIG| + 0.27;
+* ``"bilinear"``: prod_d max(0, 1 - |x_d|) (the reference package's normalised ``"v1"``),
+
+with ``x_d = i_d - c_d`` (grid index minus centre) and ``c_d = P[d] + size_d // 2``. The
+reference package (``dcls`` 0.1.1) divides every element by (its sum over the whole grid + 1e-7);
+that sum is the product of the per-axis 1-D sums, so
+
+    K[n] = sum_k  w[n, k] / (prod_d S_d[n, k] + 1e-7)  *  g_0[n, k, :] (x) g_1[n, k, :] (x) ...
+
+with ``g_d`` the 1-D profiles and ``S_d`` their sums. The outer products are contracted over the
+count axis with one batched matrix product, so no tensor holding the count axis together with all
+kernel axes is ever built (the reference materialises size x size x ndim x channels x count).
+
+Axis convention: ``P[d]`` moves an element along spatial axis ``d`` of the kernel for every
+dimensionality and every (also rectangular) size; ``P = 0`` is the cell ``size_d // 2``. The
+reference package's 2-D and 3-D ``P[k]`` moves along axis ``ndim - 1 - k`` (and offsets it by the
+wrong axis' size for rectangular kernels); flip ``P`` and ``SIG`` along dim 0 to convert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+VERSIONS = ("gauss", "bilinear")
+SIGMA_OFFSET = 0.27
+NORM_EPS = 1e-7
+
+__all__ = ["VERSIONS", "construct_kernel", "normalize_size", "check_version"]
+
+
+def check_version(version: str) -> str:
+    """Return ``version`` if it names a supported interpolation, else raise ``ValueError``."""
+    if version not in VERSIONS:
+        raise ValueError(
+            f"DCLS version must be one of {VERSIONS}, got {version!r} "
+            "(the reference package's normalised 'v1' is called 'bilinear' here)"
+        )
+    return version
+
+
+def normalize_size(size: int | Sequence[int], ndim: int, name: str = "dilated_kernel_size"):
+    """Expand an int or check a sequence into a tuple of ``ndim`` positive ints."""
+    if isinstance(size, bool):
+        raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {size!r}")
+    if isinstance(size, int):
+        out = (size,) * ndim
+    else:
+        try:
+            out = tuple(int(s) for s in size)
+        except TypeError as err:
+            raise TypeError(
+                f"{name} must be an int or a tuple of {ndim} ints, got {size!r}"
+            ) from err
+        if len(out) != ndim:
+            raise ValueError(
+                f"{name} must have {ndim} entries for a {ndim}-D kernel, got {len(out)}: {size!r}"
+            )
+    if any(s < 1 for s in out):
+        raise ValueError(f"{name} entries must be >= 1, got {out}")
+    return out
+
+
+def _check_inputs(
+    weight: Tensor, P: Tensor, SIG: Tensor | None, size: tuple[int, ...], version: str
+) -> None:
+    if weight.dim() != 3:
+        raise ValueError(
+            f"weight must have shape (out, in/groups, count), got {tuple(weight.shape)}"
+        )
+    ndim = len(size)
+    expected = (ndim, *weight.shape)
+    if tuple(P.shape) != expected:
+        raise ValueError(
+            f"P must have shape (ndim, out, in/groups, count) = {expected} for a {ndim}-D "
+            f"kernel of size {size}, got {tuple(P.shape)}"
+        )
+    if version == "gauss":
+        if SIG is None:
+            raise ValueError("SIG is required for version 'gauss'")
+        if tuple(SIG.shape) != expected:
+            raise ValueError(f"SIG must have the shape of P {expected}, got {tuple(SIG.shape)}")
+
+
+def _profiles(
+    P: Tensor, SIG: Tensor | None, size: tuple[int, ...], version: str
+) -> tuple[list[Tensor], Tensor]:
+    """Per-axis 1-D profiles (each (n, count, size_d)) and the full-grid sums (n, count)."""
+    profiles = []
+    total = None
+    for d, s in enumerate(size):
+        grid = torch.arange(s, device=P.device, dtype=P.dtype)
+        x = grid - (P[d] + s // 2).unsqueeze(-1)
+        if version == "gauss":
+            sig = (SIG[d].abs() + SIGMA_OFFSET).unsqueeze(-1)
+            g = torch.exp(-0.5 * (x / sig).square())
+        else:
+            g = torch.relu(1.0 - x.abs())
+        profiles.append(g)
+        part = g.sum(-1)
+        total = part if total is None else total * part
+    return profiles, total
+
+
+def construct_kernel(
+    weight: Tensor,
+    P: Tensor,
+    SIG: Tensor | None,
+    dilated_kernel_size: int | Sequence[int],
+    version: str = "gauss",
+    *,
+    window: Sequence[tuple[int, int]] | None = None,
+) -> Tensor:
+    """Build the dense DCLS kernel ``(out, in/groups, *size)`` from weights and positions.
+
+    ``weight`` is (out, in/groups, count); ``P`` and ``SIG`` are (ndim, out, in/groups, count)
+    with ``SIG`` ignored (may be None) for ``"bilinear"``. ``window`` optionally restricts the
+    result to the half-open index range ``[lo, hi)`` of every axis; the normalisation still uses
+    the full grid, so the result is exactly the corresponding slice of the full kernel.
+    """
+    check_version(version)
+    if P.dim() < 1 or P.shape[0] not in (1, 2, 3):
+        raise ValueError(f"P must have 1, 2 or 3 spatial dims in dim 0, got {tuple(P.shape)}")
+    size = normalize_size(dilated_kernel_size, P.shape[0])
+    _check_inputs(weight, P, SIG, size, version)
+    out_ch, in_ch, count = weight.shape
+    n = out_ch * in_ch
+    ndim = len(size)
+    if window is not None and len(window) != ndim:
+        raise ValueError(f"window must give one (lo, hi) range per axis ({ndim}), got {window}")
+
+    # Build in the parameters' precision even under autocast; the conv casts the result.
+    with torch.autocast(device_type=weight.device.type, enabled=False):
+        flatP = P.reshape(ndim, n, count)
+        flatS = SIG.reshape(ndim, n, count) if version == "gauss" else None
+        profiles, total = _profiles(flatP, flatS, size, version)
+        scale = weight.reshape(n, count) / (total + NORM_EPS)
+        if window is not None:
+            profiles = [g[..., lo:hi] for g, (lo, hi) in zip(profiles, window, strict=True)]
+        shape = tuple(g.shape[-1] for g in profiles)
+
+        first = (profiles[0] * scale.unsqueeze(-1)).transpose(1, 2)  # (n, s0, count)
+        if ndim == 1:
+            kernel = first.sum(-1)
+        elif ndim == 2:
+            kernel = torch.bmm(first, profiles[1])
+        else:
+            # (n, count, s1*s2): the count axis meets only the two trailing kernel axes.
+            rest = (profiles[1].unsqueeze(-1) * profiles[2].unsqueeze(-2)).flatten(2)
+            kernel = torch.bmm(first, rest)
+    return kernel.reshape(out_ch, in_ch, *shape)
