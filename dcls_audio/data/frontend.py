@@ -1,0 +1,119 @@
+"""Batched log-mel frontend run on the training device: STFT power -> erasing -> mel -> dB."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torchaudio.transforms as T
+from torch import nn
+
+from .waveform import CLIP_SAMPLES, SAMPLE_RATE
+
+LOGMEL_MEAN = -18.2696
+LOGMEL_STD = 30.5735
+
+
+def random_erasing_boxes(
+    n: int,
+    height: int,
+    width: int,
+    p: float = 0.25,
+    scale: tuple[float, float] = (0.02, 0.33),
+    ratio: tuple[float, float] = (0.3, 3.3),
+    attempts: int = 10,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one erasing box per image as torchvision's RandomErasing does, for a whole batch.
+
+    Returns an int64 tensor (n, 4) of (top, left, h, w); h = w = 0 means "not erased" (the
+    probability test failed, or none of the ``attempts`` boxes fitted, as in torchvision).
+    torchvision draws per image in a Python loop; this draws all attempts at once on the CPU.
+    """
+    area = height * width
+    u = torch.rand(n, attempts, 5, generator=generator, dtype=torch.float64)
+    erase_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[..., 1]
+    aspect = torch.exp(log_r)
+    h = torch.round(torch.sqrt(erase_area * aspect)).long()
+    w = torch.round(torch.sqrt(erase_area / aspect)).long()
+    ok = (h < height) & (w < width)
+    first = torch.argmax(ok.to(torch.int8), dim=1)  # first fitting attempt (0 if none fits)
+    rows = torch.arange(n)
+    h, w = h[rows, first], w[rows, first]
+    top = torch.floor(u[rows, first, 2] * (height - h + 1)).long()
+    left = torch.floor(u[rows, first, 3] * (width - w + 1)).long()
+    apply = ok.any(dim=1) & (torch.rand(n, generator=generator, dtype=torch.float64) < p)
+    h, w = h * apply, w * apply
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def erase(x: torch.Tensor, boxes: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+    """Set ``x[i, top:top+h, left:left+w] = value`` for each image ``i`` (x: (n, H, W))."""
+    boxes = boxes.to(x.device)
+    top, left, h, w = boxes.unbind(1)
+    r = torch.arange(x.shape[-2], device=x.device)
+    c = torch.arange(x.shape[-1], device=x.device)
+    in_r = (r[None] >= top[:, None]) & (r[None] < (top + h)[:, None])
+    in_c = (c[None] >= left[:, None]) & (c[None] < (left + w)[:, None])
+    return x.masked_fill(in_r[:, :, None] & in_c[:, None, :], value)
+
+
+class LogMelFrontend(nn.Module):
+    """(N, 320000) waveforms -> normalised log-mel (N, 1, 128, 1001); erasing in training only.
+
+    STFT power (n_fft 1024, hop 320, Hann, centred with reflect padding) -> random erasing of the
+    power spectrogram (p = 0.25 per clip, 2-33 % of the area, aspect 0.3-3.3, value 0) -> HTK mel
+    (128 bins, 50-14 000 Hz, no normalisation) -> 10 log10(max(x, 1e-10))
+    -> (x + 18.2696) / 30.5735.
+    Always computed in float32, also under autocast.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = SAMPLE_RATE,
+        n_fft: int = 1024,
+        hop_length: int = 320,
+        n_mels: int = 128,
+        f_min: float = 50.0,
+        f_max: float = 14000.0,
+        erase_p: float = 0.25,
+        mean: float = LOGMEL_MEAN,
+        std: float = LOGMEL_STD,
+    ) -> None:
+        super().__init__()
+        self.spectrogram = T.Spectrogram(
+            n_fft=n_fft,
+            win_length=n_fft,
+            hop_length=hop_length,
+            window_fn=torch.hann_window,
+            center=True,
+            pad_mode="reflect",
+            power=2.0,
+        )
+        self.mel = T.MelScale(
+            n_mels=n_mels,
+            sample_rate=sample_rate,
+            f_min=f_min,
+            f_max=f_max,
+            n_stft=n_fft // 2 + 1,
+            norm=None,
+            mel_scale="htk",
+        )
+        self.to_db = T.AmplitudeToDB(stype="power", top_db=None)
+        self.erase_p = erase_p
+        self.mean = mean
+        self.std = std
+
+    def forward(self, wave: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Waveforms (N, T) -> (N, 1, n_mels, frames); ``generator`` drives the erasing draws."""
+        if wave.ndim != 2:
+            raise ValueError(f"expected waveforms of shape (N, {CLIP_SAMPLES}), found {wave.shape}")
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            spec = self.spectrogram(wave.float())
+            if self.training and self.erase_p > 0:
+                n, height, width = spec.shape
+                boxes = random_erasing_boxes(n, height, width, p=self.erase_p, generator=generator)
+                spec = erase(spec, boxes)
+            x = self.to_db(self.mel(spec))
+            return ((x - self.mean) / self.std).unsqueeze(1)

@@ -1,0 +1,188 @@
+"""Dataset over one or more PANNs-layout AudioSet HDF5 files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .waveform import CLIP_SAMPLES, INT16_SCALE, SAMPLE_RATE, WaveformAugment
+
+log = logging.getLogger(__name__)
+
+REQUIRED_KEYS = ("audio_name", "waveform", "target")
+
+
+def validate_file(path: Path, num_classes: int) -> np.ndarray:
+    """Check one file's layout; return its ``audio_name`` column. Raises naming file and key."""
+    if not path.is_file():
+        raise FileNotFoundError(f"HDF5 file {path} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise OSError(f"{path}: cannot open as HDF5 ({e})") from e
+    with f:
+        for key in REQUIRED_KEYS:
+            if key not in f:
+                raise KeyError(f"{path}: missing key '{key}' (expected {list(REQUIRED_KEYS)})")
+        sr = f.attrs.get("sample_rate")
+        if sr is None:
+            raise ValueError(f"{path}: missing attribute 'sample_rate' (expected {SAMPLE_RATE})")
+        if int(np.asarray(sr).reshape(-1)[0]) != SAMPLE_RATE:
+            raise ValueError(f"{path}: attribute 'sample_rate' is {sr}, expected {SAMPLE_RATE}")
+        wav, tgt, names = f["waveform"], f["target"], f["audio_name"]
+        if wav.dtype != np.int16:
+            raise TypeError(f"{path}: key 'waveform' has dtype {wav.dtype}, expected int16")
+        if wav.ndim != 2 or wav.shape[1] != CLIP_SAMPLES:
+            raise ValueError(
+                f"{path}: key 'waveform' has shape {wav.shape}, expected (N, {CLIP_SAMPLES}) "
+                f"(10 s at {SAMPLE_RATE} Hz)"
+            )
+        n = wav.shape[0]
+        if tgt.dtype != np.bool_:
+            raise TypeError(f"{path}: key 'target' has dtype {tgt.dtype}, expected bool")
+        if tgt.shape != (n, num_classes):
+            raise ValueError(
+                f"{path}: key 'target' has shape {tgt.shape}, expected ({n}, {num_classes}) "
+                f"(num_classes={num_classes})"
+            )
+        if names.dtype.kind != "S" or names.shape != (n,):
+            raise ValueError(
+                f"{path}: key 'audio_name' has dtype {names.dtype} and shape {names.shape}, "
+                f"expected fixed-length bytes (e.g. S20) of shape ({n},)"
+            )
+        return names[()]
+
+
+def read_packed_targets(path: Path, rows: np.ndarray, block: int = 65536) -> np.ndarray:
+    """Targets of the given rows, bit-packed along classes (uint8), read in blocks of rows."""
+    with h5py.File(path, "r") as f:
+        tgt = f["target"]
+        out = np.empty((len(rows), (tgt.shape[1] + 7) // 8), dtype=np.uint8)
+        for lo in range(0, tgt.shape[0], block):
+            hi = min(lo + block, tgt.shape[0])
+            sel = (rows >= lo) & (rows < hi)
+            if sel.any():
+                out[sel] = np.packbits(tgt[lo:hi][rows[sel] - lo], axis=1)
+    return out
+
+
+class AudioSetHDF5(Dataset):
+    """AudioSet clips from PANNs-layout HDF5 files: item -> (waveform (320000,), target (C,)).
+
+    Every file is validated at construction; rows with an empty ``audio_name`` (clips missing
+    from a PANNs pack) are skipped and counted. Files are opened lazily in each process, so the
+    dataset can be handed to DataLoader workers. Targets are read once at construction and kept
+    bit-packed in memory (66 bytes per row for 527 classes), so an item costs one waveform read.
+    With ``train=True`` every clip is rolled and
+    speed-perturbed with a generator seeded by (seed, epoch, index): the result of an item does
+    not depend on the number of workers. ``set_epoch`` must be called before creating the epoch's
+    iterator (it does not reach already running persistent workers).
+    """
+
+    def __init__(
+        self,
+        files: str | os.PathLike | Sequence[str | os.PathLike],
+        num_classes: int = 527,
+        train: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(files, (str, os.PathLike)):
+            files = [files]
+        self.files = [Path(p) for p in files]
+        if not self.files:
+            raise ValueError("AudioSetHDF5 needs at least one HDF5 file")
+        self.num_classes = int(num_classes)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch = 0
+        file_idx, rows, names, targets = [], [], [], []
+        self.skipped_per_file: dict[str, int] = {}
+        for i, path in enumerate(self.files):
+            audio_name = validate_file(path, self.num_classes)
+            usable = np.flatnonzero(audio_name != b"")
+            self.skipped_per_file[str(path)] = len(audio_name) - len(usable)
+            file_idx.append(np.full(len(usable), i, dtype=np.int32))
+            rows.append(usable.astype(np.int64))
+            names.append(audio_name[usable])
+            targets.append(read_packed_targets(path, usable))
+        self._file_idx = np.concatenate(file_idx)
+        self._rows = np.concatenate(rows)
+        self.audio_names = np.concatenate(names)
+        self._targets = np.concatenate(targets)  # (rows, ceil(C / 8)) uint8, bit-packed
+        self.num_skipped = sum(self.skipped_per_file.values())
+        if self.num_skipped:
+            detail = ", ".join(f"{p}: {k}" for p, k in self.skipped_per_file.items() if k)
+            log.warning(
+                "skipped %d rows with an empty audio_name (missing clips) out of %d (%s)",
+                self.num_skipped, self.num_skipped + len(self._rows), detail,
+            )
+        self.augment = WaveformAugment()
+        self._pid: int | None = None
+        self._handles: list[h5py.File | None] = []
+        self._waves: list[h5py.Dataset | None] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation draws the next items use."""
+        self.epoch = int(epoch)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_pid"] = None
+        state["_handles"] = []
+        state["_waves"] = []
+        state["augment"] = WaveformAugment()
+        return state
+
+    def _waveforms(self, file_index: int) -> h5py.Dataset:
+        pid = os.getpid()
+        if self._pid != pid:  # first use in this process (e.g. a forked worker): fresh handles
+            self._pid = pid
+            self._handles = [None] * len(self.files)
+            self._waves = [None] * len(self.files)
+        wav = self._waves[file_index]
+        if wav is None:
+            f = h5py.File(self.files[file_index], "r")
+            self._handles[file_index] = f
+            wav = self._waves[file_index] = f["waveform"]  # group lookups are slow: cache
+        return wav
+
+    def read_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row ``index`` as stored: (int16 waveform, bool target)."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} rows")
+        index %= len(self)
+        raw = self._waveforms(int(self._file_idx[index]))[int(self._rows[index])]
+        return raw, self.target(index)
+
+    def target(self, index: int) -> np.ndarray:
+        """Bool target row of usable row ``index`` (kept in memory, no file access)."""
+        return np.unpackbits(self._targets[index], count=self.num_classes).view(np.bool_)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raw, target = self.read_raw(index)
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, index % len(self)])
+            wave = self.augment(raw, rng)
+        else:
+            wave = np.multiply(raw, INT16_SCALE)
+        return torch.from_numpy(wave), torch.from_numpy(target.astype(np.float32))
+
+    def targets(self) -> np.ndarray:
+        """All usable rows' targets as a bool matrix (rows, C)."""
+        return np.unpackbits(self._targets, axis=1, count=self.num_classes).view(np.bool_)
+
+    def __repr__(self) -> str:
+        return (
+            f"AudioSetHDF5(files={[str(p) for p in self.files]}, rows={len(self)}, "
+            f"skipped={self.num_skipped}, num_classes={self.num_classes}, train={self.train})"
+        )
