@@ -1,0 +1,227 @@
+"""Pack a folder of audio files plus an AudioSet segments CSV into the PANNs HDF5 layout.
+
+File matching: a file belongs to segment YTID when its stem, after dropping one optional leading
+"Y" (PANNs names files ``Y<YTID>.wav``), equals the YTID or starts with the YTID followed by "_"
+(``<YTID>_30.000.flac``, ``Y<YTID>_30.000_40.000.wav``). Exact matches win over prefix matches;
+further files for an already matched YTID are reported as duplicates. Files are assumed to hold
+the 10 s segment already (no seeking to the segment's start time).
+
+Resuming: rows go to ``<out>.partial`` with resizable datasets; its ``rows_done`` attribute is
+updated (and the file flushed) after every block of rows. A rerun with the same output opens the
+partial file, drops rows past ``rows_done`` and continues with the segments not written yet.
+Rows are named by their YTID (without "Y"). Missing and unreadable clips are never written; they
+are listed in ``<out>.report.json``. The partial file is renamed to ``<out>`` at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import h5py
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from .labels import read_class_index
+from .waveform import CLIP_SAMPLES, SAMPLE_RATE, float_to_int16, pad_or_truncate
+
+log = logging.getLogger(__name__)
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+FLUSH_EVERY = 64
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One row of a segments CSV."""
+
+    ytid: str
+    start: float
+    end: float
+    labels: tuple[int, ...]
+
+
+def read_segments(path: str | os.PathLike, mid_to_index: dict[str, int]) -> list[Segment]:
+    """Parse an AudioSet segments CSV (``#`` comment lines; YTID, start, end, "mid,mid,...")."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"segments CSV {path} does not exist")
+    out: list[Segment] = []
+    seen: set[str] = set()
+    with open(path, newline="", encoding="utf-8") as f:
+        for line_no, row in enumerate(csv.reader(f, skipinitialspace=True), start=1):
+            if not row or row[0].lstrip().startswith("#"):
+                continue
+            if len(row) != 4:
+                raise ValueError(
+                    f"{path}:{line_no}: expected 4 columns (YTID, start, end, labels), "
+                    f"found {len(row)}: {row!r}"
+                )
+            ytid = row[0].strip()
+            try:
+                start, end = float(row[1]), float(row[2])
+            except ValueError as e:
+                raise ValueError(f"{path}:{line_no}: bad start/end {row[1]!r}, {row[2]!r}") from e
+            mids = [m.strip() for m in row[3].split(",") if m.strip()]
+            unknown = [m for m in mids if m not in mid_to_index]
+            if unknown:
+                raise ValueError(
+                    f"{path}:{line_no}: YTID {ytid}: label mids {unknown} are not in the class "
+                    "index file"
+                )
+            if len(ytid.encode()) > 20:
+                raise ValueError(f"{path}:{line_no}: YTID {ytid!r} longer than 20 bytes (S20)")
+            if ytid in seen:
+                raise ValueError(f"{path}:{line_no}: YTID {ytid} listed twice")
+            seen.add(ytid)
+            out.append(Segment(ytid, start, end, tuple(sorted(mid_to_index[m] for m in mids))))
+    return out
+
+
+def match_files(audio_dir: str | os.PathLike, ytids: set[str]) -> tuple[dict[str, Path], list]:
+    """Map YTIDs to audio files under ``audio_dir`` (see the module doc); also return duplicates."""
+    audio_dir = Path(audio_dir)
+    if not audio_dir.is_dir():
+        raise FileNotFoundError(f"audio directory {audio_dir} does not exist")
+    exact: dict[str, Path] = {}
+    prefix: dict[str, Path] = {}
+    duplicates: list[dict] = []
+    files = sorted(p for p in audio_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    for p in files:
+        for name in (p.stem, p.stem[1:] if p.stem.startswith("Y") else None):
+            if name is None:
+                continue
+            if name in ytids:
+                table, ytid = exact, name
+            else:
+                # longest "<id>_..." prefix that is a known YTID (ids may contain "_")
+                cuts = [m.start() for m in re.finditer("_", name)]
+                ytid = next((name[:c] for c in reversed(cuts) if name[:c] in ytids), None)
+                table = prefix
+            if ytid is None:
+                continue
+            if ytid in table:
+                duplicates.append({"ytid": ytid, "file": str(p), "kept": str(table[ytid])})
+            else:
+                table[ytid] = p
+            break
+    return {**prefix, **exact}, duplicates
+
+
+def load_clip(path: str | os.PathLike) -> np.ndarray:
+    """Read any soundfile-readable file -> int16 mono 32 kHz, padded/truncated to 10 s."""
+    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    if x.shape[0] == 0:
+        raise ValueError("no samples")
+    x = x.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        x = AF.resample(torch.from_numpy(x), sr, SAMPLE_RATE).numpy()
+    return float_to_int16(pad_or_truncate(x, CLIP_SAMPLES))
+
+
+def _load_task(task: tuple[int, str]) -> tuple[int, np.ndarray | None, str | None]:
+    i, path = task
+    try:
+        return i, load_clip(path), None
+    except Exception as e:  # any decoder failure makes the clip "unreadable", never a silent row
+        return i, None, f"{type(e).__name__}: {e}"
+
+
+def _open_partial(path: Path, num_classes: int) -> h5py.File:
+    if path.exists():
+        f = h5py.File(path, "a")
+        done = int(f.attrs.get("rows_done", 0))
+        if f["target"].shape[1] != num_classes:
+            raise ValueError(
+                f"{path}: partial file has {f['target'].shape[1]} classes, expected {num_classes}; "
+                "delete it to start over"
+            )
+        for key in ("audio_name", "waveform", "target"):
+            f[key].resize(done, axis=0)
+        return f
+    f = h5py.File(path, "w")
+    f.attrs.create("sample_rate", SAMPLE_RATE, dtype=np.int32)
+    f.attrs["rows_done"] = 0
+    f.create_dataset("audio_name", shape=(0,), maxshape=(None,), dtype="S20", chunks=(1024,))
+    f.create_dataset(
+        "waveform", shape=(0, CLIP_SAMPLES), maxshape=(None, CLIP_SAMPLES), dtype=np.int16,
+        chunks=(1, CLIP_SAMPLES),
+    )
+    f.create_dataset(
+        "target", shape=(0, num_classes), maxshape=(None, num_classes), dtype=bool,
+        chunks=(256, num_classes),
+    )
+    return f
+
+
+def pack(
+    audio_dir: str | os.PathLike,
+    segments_csv: str | os.PathLike,
+    out: str | os.PathLike,
+    labels_csv: str | os.PathLike | None = None,
+    workers: int = 1,
+) -> dict:
+    """Pack the segments found under ``audio_dir`` into ``out``; return the report dict."""
+    out = Path(out)
+    classes = read_class_index(labels_csv)
+    segments = read_segments(segments_csv, classes.mid_to_index())
+    found, duplicates = match_files(audio_dir, {s.ytid for s in segments})
+    partial = out.with_name(out.name + ".partial")
+    report = {
+        "segments": len(segments), "written": 0, "missing": [], "unreadable": [],
+        "duplicates": duplicates,
+    }
+    f = _open_partial(partial, len(classes.mids))
+    try:
+        done = {n.decode() for n in f["audio_name"][()]}
+        todo = []
+        for i, s in enumerate(segments):
+            if s.ytid not in found:
+                report["missing"].append(s.ytid)
+            elif s.ytid not in done:
+                todo.append((i, str(found[s.ytid])))
+        if done:
+            log.info("resuming %s: %d rows already written", partial, len(done))
+        names, wav, tgt = f["audio_name"], f["waveform"], f["target"]
+        pool = Pool(workers) if workers > 1 else None
+        try:
+            results = pool.imap(_load_task, todo, chunksize=4) if pool else map(_load_task, todo)
+            for k, (i, clip, err) in enumerate(results, start=1):
+                s = segments[i]
+                if clip is None:
+                    report["unreadable"].append({"ytid": s.ytid, "file": found[s.ytid].name,
+                                                 "error": err})
+                    continue
+                row = names.shape[0]
+                for d in (names, wav, tgt):
+                    d.resize(row + 1, axis=0)
+                names[row] = s.ytid.encode()
+                wav[row] = clip
+                target = np.zeros(len(classes.mids), dtype=bool)
+                target[list(s.labels)] = True
+                tgt[row] = target
+                if k % FLUSH_EVERY == 0:
+                    f.attrs["rows_done"] = row + 1
+                    f.flush()
+        finally:
+            if pool:
+                pool.terminate()
+        report["written"] = names.shape[0]
+        f.attrs["rows_done"] = names.shape[0]
+    finally:
+        f.close()
+    report_path = out.with_name(out.name + ".report.json")
+    tmp = report_path.with_name(report_path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(report_path)
+    partial.replace(out)
+    log.info("%s: %d clips written, %d missing, %d unreadable", out, report["written"],
+             len(report["missing"]), len(report["unreadable"]))
+    return report

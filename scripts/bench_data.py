@@ -1,0 +1,83 @@
+"""Data pipeline throughput: read + augment clips/s per worker, log-mel frontend clips/s."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcls_audio.data import AudioSetHDF5, LogMelFrontend
+from dcls_audio.data.synthetic import NUM_CLASSES, write_split
+
+
+def bench_loader(path: Path, train: bool, repeats: int) -> float:
+    ds = AudioSetHDF5(path, num_classes=NUM_CLASSES, train=train, seed=0)
+    order = np.random.default_rng(0).permutation(len(ds))
+    for i in order:  # warm the page cache and open the file
+        ds[int(i)]
+    t0 = time.perf_counter()
+    for epoch in range(repeats):
+        ds.set_epoch(epoch)
+        for i in order:
+            ds[int(i)]
+    return repeats * len(ds) / (time.perf_counter() - t0)
+
+
+def bench_frontend(device: str, batch: int, train: bool, repeats: int) -> float:
+    fe = LogMelFrontend().to(device).train(train)
+    x = torch.randn(batch, 320000, device=device) * 0.1
+    with torch.no_grad():
+        fe(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fe(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return repeats * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--file", type=Path, help="existing HDF5 file (default: a generated one)")
+    ap.add_argument("--clips", type=int, default=256, help="clips in the generated file")
+    ap.add_argument("--repeats", type=int, default=3, help="passes over the file per loader mode")
+    ap.add_argument("--batch", type=int, default=32, help="frontend batch size")
+    ap.add_argument("--frontend-repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for the frontend")
+    ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    res: dict = {"cpu_count": os.cpu_count(), "torch_threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.file
+        if path is None:
+            path = Path(tmp) / "bench.h5"
+            write_split(path, args.clips, seed=0, split=0)
+        res["file"] = str(args.file or f"generated ({args.clips} clips)")
+        res["loader_eval_clips_per_s"] = bench_loader(path, False, args.repeats)
+        res["loader_train_clips_per_s"] = bench_loader(path, True, args.repeats)
+    for train in (False, True):
+        key = f"frontend_cpu_{'train' if train else 'eval'}_clips_per_s"
+        res[key] = bench_frontend("cpu", args.batch, train, args.frontend_repeats)
+    if torch.cuda.is_available():
+        res["cuda_device"] = torch.cuda.get_device_name()
+        for train in (False, True):
+            key = f"frontend_cuda_{'train' if train else 'eval'}_clips_per_s"
+            res[key] = bench_frontend("cuda", 256, train, 20)
+    for k, v in res.items():
+        print(f"{k:36s} {v:.1f}" if isinstance(v, float) else f"{k:36s} {v}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
