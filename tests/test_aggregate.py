@@ -5,12 +5,28 @@ from pathlib import Path
 
 import pytest
 
-from dcls_audio.train.aggregate import find_results, load_groups, main, mean_std, summarize
+from dcls_audio.train.aggregate import (
+    find_results,
+    load_groups,
+    main,
+    mean_std,
+    render_markdown,
+    summarize,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_run(root: Path, name: str, model: str, conv: str, seed: int, **metrics) -> Path:
+def write_run(
+    root: Path,
+    name: str,
+    model: str,
+    conv: str,
+    seed: int,
+    num_classes: int = 527,
+    optim: str = "adamw",
+    **metrics,
+) -> Path:
     d = root / name
     d.mkdir(parents=True)
     res = {
@@ -19,7 +35,8 @@ def write_run(root: Path, name: str, model: str, conv: str, seed: int, **metrics
             "seed": seed,
             "model": {"name": model},
             "conv": {"name": conv},
-            "optim": {"name": "adamw"},
+            "optim": {"name": optim},
+            "data": {"num_classes": num_classes},
         },
         "per_class_ap": [0.5, None],
         "commit": "abc",
@@ -94,6 +111,7 @@ def test_table_values_and_order(runs: Path, capsys):
     cells = [c.strip() for c in rows[1].strip("|").split("|")]
     col = {h.strip(): c for h, c in zip(header.strip("|").split("|"), cells, strict=True)}
     assert col["runs (seeds)"] == "3 (0,1,2)"
+    assert col["classes"] == "527" and col["optim"] == "adamw"
     assert col["mAP (%)"] == "45.00 ± 1.00"
     assert col["mAUC (%)"] == "97.00 ± 0.00"
     assert col["d′"] == "2.500 ± 0.500"
@@ -158,3 +176,18 @@ def test_script_runs(runs: Path):
         check=True,
     )
     assert "| ConvNeXt-T | DCLS-Gauss 23²/26 |" in proc.stdout
+
+
+def test_non_audioset_runs_get_no_paper_values_and_mixes_warn(tmp_path: Path):
+    write_run(tmp_path, "a", "convnext_t", "dsc", 0, num_classes=16, map=0.3)
+    write_run(tmp_path, "b", "convnext_t", "dsc", 1, num_classes=527, optim="lamb", map=0.4)
+    with pytest.warns(UserWarning) as record:
+        groups = load_groups(find_results([tmp_path]))
+    messages = " ".join(str(w.message) for w in record)
+    assert "mix optimizers ['adamw', 'lamb']" in messages
+    assert "mix data.num_classes [16, 527]" in messages
+    assert summarize(groups)[0]["paper"] is None
+    (tmp_path / "b" / "results.json").unlink()
+    groups = load_groups(find_results([tmp_path]))
+    row = next(line for line in render_markdown(groups).splitlines() if "ConvNeXt-T" in line)
+    assert row.endswith("| – | – | – |") and "| 16 |" in row
