@@ -126,7 +126,8 @@ def predict(
     index, dataset indices are read from `loader.sampler`, which must then be deterministic
     (ShardedEvalSampler, SequentialSampler or an unshuffled DistributedSampler, whose padded
     repeats are dropped). Under an initialised process group the chunks of all ranks are
-    gathered so that every rank returns the full arrays. A DDP wrapper is unwrapped (its
+    gathered so that every rank returns the full arrays (with NCCL, each rank's CUDA device
+    must be current, as `all_gather_object` stages through it). A DDP wrapper is unwrapped (its
     forward would broadcast buffers, a collective that ranks with uneven batches would not all
     reach). The frontend runs in float32; only the model runs under autocast(amp_dtype).
     `model` and `frontend` are put in eval mode and their modes restored afterwards.
