@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 VERSIONS = ("gauss", "bilinear")
 SIGMA_OFFSET = 0.27
@@ -90,6 +91,71 @@ def _check_inputs(
             raise ValueError(f"SIG must have the shape of P {expected}, got {tuple(SIG.shape)}")
 
 
+class _GaussProfile(torch.autograd.Function):
+    """1-D Gaussian profiles g[n, k, i] = exp(-((i - c) / sigma)^2 / 2) and their sums over i.
+
+    Written as one autograd node with a closed-form backward: a handful of passes over the
+    (n, count, size) tensor instead of the ~20 that the elementwise autograd graph costs.
+    """
+
+    @staticmethod
+    def forward(ctx, centre: Tensor, sigma: Tensor, size: int):
+        grid = torch.arange(size, device=centre.device, dtype=centre.dtype)
+        t = (grid - centre.unsqueeze(-1)) / sigma.unsqueeze(-1)
+        g = torch.exp(t.square().mul_(-0.5))
+        ctx.save_for_backward(t, g, sigma)
+        return g, g.sum(-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_g: Tensor | None, grad_sum: Tensor | None):
+        t, g, sigma = ctx.saved_tensors
+        grad = _combine(grad_g, grad_sum, g)
+        if grad is None:
+            return None, None, None
+        u = grad.mul_(g).mul_(t)
+        grad_centre = u.sum(-1) / sigma  # d g / d centre = g * t / sigma
+        grad_sigma = u.mul_(t).sum(-1) / sigma  # d g / d sigma = g * t^2 / sigma
+        return grad_centre, grad_sigma, None
+
+
+class _HatProfile(torch.autograd.Function):
+    """1-D bilinear (hat) profiles g[n, k, i] = max(0, 1 - |i - c|) and their sums over i.
+
+    The backward uses the same one-sided conventions as autograd on relu(1 - abs(x)): zero slope
+    exactly at the kinks |x| = 0 and |x| = 1.
+    """
+
+    @staticmethod
+    def forward(ctx, centre: Tensor, size: int):
+        grid = torch.arange(size, device=centre.device, dtype=centre.dtype)
+        x = grid - centre.unsqueeze(-1)
+        g = torch.relu(1.0 - x.abs())
+        ctx.save_for_backward(x, g)
+        return g, g.sum(-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_g: Tensor | None, grad_sum: Tensor | None):
+        x, g = ctx.saved_tensors
+        grad = _combine(grad_g, grad_sum, g)
+        if grad is None:
+            return None, None
+        slope = torch.sign(x).mul_(g > 0)  # d g / d centre
+        return (grad * slope).sum(-1), None
+
+
+def _combine(grad_g: Tensor | None, grad_sum: Tensor | None, like: Tensor) -> Tensor | None:
+    """Gradient reaching the profile from its direct use and from its sum (a fresh tensor)."""
+    if grad_g is None and grad_sum is None:
+        return None
+    if grad_g is None:
+        return grad_sum.unsqueeze(-1).expand_as(like).clone()
+    if grad_sum is None:
+        return grad_g.clone()
+    return grad_g + grad_sum.unsqueeze(-1)
+
+
 def _profiles(
     P: Tensor, SIG: Tensor | None, size: tuple[int, ...], version: str
 ) -> tuple[list[Tensor], Tensor]:
@@ -97,15 +163,12 @@ def _profiles(
     profiles = []
     total = None
     for d, s in enumerate(size):
-        grid = torch.arange(s, device=P.device, dtype=P.dtype)
-        x = grid - (P[d] + s // 2).unsqueeze(-1)
+        centre = P[d] + s // 2
         if version == "gauss":
-            sig = (SIG[d].abs() + SIGMA_OFFSET).unsqueeze(-1)
-            g = torch.exp(-0.5 * (x / sig).square())
+            g, part = _GaussProfile.apply(centre, SIG[d].abs() + SIGMA_OFFSET, s)
         else:
-            g = torch.relu(1.0 - x.abs())
+            g, part = _HatProfile.apply(centre, s)
         profiles.append(g)
-        part = g.sum(-1)
         total = part if total is None else total * part
     return profiles, total
 
