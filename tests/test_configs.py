@@ -197,3 +197,34 @@ def test_slurm_launcher_composes(hydra_ctx):
     params = instantiate(cfg.hydra.launcher).params
     assert params["gpus_per_node"] == params["tasks_per_node"] == 4
     assert params["max_num_timeout"] == cfg.hydra.launcher.max_num_timeout
+
+
+def test_slurm_launcher_parameters_make_a_valid_sbatch_script(hydra_ctx, monkeypatch, tmp_path):
+    """Feed the launcher's parameters to submitit as the plugin does (no cluster, no submission)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from submitit.slurm.slurm import SlurmExecutor
+
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # "srun exists"
+    cfg = _experiment(
+        "fastvit_sa24_dcls_gauss",
+        "hydra/launcher=slurm",
+        "hydra.launcher.tasks_per_node=4",
+        "hydra.launcher.nodes=2",
+        hydra_cfg=True,
+    )
+    HydraConfig.instance().set_config(cfg)
+    params = dict(instantiate(cfg.hydra.launcher).params)
+    params.pop("submitit_folder")
+    executor = submitit.AutoExecutor(
+        cluster="slurm", folder=tmp_path, slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    # unknown keys would raise here
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    script = executor._executor._make_submission_file_text("python train.py", "uid")
+    for line in ["--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=2", "--time=1200"]:
+        assert f"#SBATCH {line}\n" in script
+    assert "--partition" not in script
+    assert "export OMP_NUM_THREADS=1\n" in script
+    assert executor._executor.max_num_timeout == cfg.hydra.launcher.max_num_timeout
