@@ -1,0 +1,172 @@
+"""Model zoo: timm model → (optional ImageNet weights) → audio stem → conv choice → init.
+
+``build_model(cfg.model, cfg.conv)`` builds the paper's three models (ConvNeXt-T, ConvFormer-S18,
+FastViT-SA24) and a small ConvNeXt-atto for demos and tests, from timm's maintained code, with
+their depthwise 7x7 convolutions kept (DSC) or replaced by DCLS layers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .pretrained import load_pretrained
+from .stem import replace_stem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model of the zoo: its timm entry point and the paper's parameter count."""
+
+    name: str
+    timm_name: str
+    paper_params_m: float | None  # paper Table 1, 1000-class head; None if not in the paper
+    title: str
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec("convnext_t", "convnext_tiny", 28.6, "ConvNeXt-T"),
+        ModelSpec("convformer_s18", "convformer_s18", 26.8, "ConvFormer-S18"),
+        ModelSpec("fastvit_sa24", "fastvit_sa24", 21.5, "FastViT-SA24"),
+        ModelSpec("convnext_atto", "convnext_atto", None, "ConvNeXt-atto"),
+    )
+}
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_SPECS)
+CONV_TYPES: tuple[str, ...] = ("dsc", "dcls")
+DCLS_VERSIONS: tuple[str, ...] = ("gauss", "bilinear")
+
+_MODEL_DEFAULTS: dict[str, Any] = {
+    "timm_name": None,
+    "num_classes": 527,
+    "drop_path_rate": 0.4,
+    "pretrained": None,
+    "in_chans": 1,
+    "stem_kernel": (2, 16),
+}
+_CONV_DEFAULTS: dict[str, Any] = {
+    "name": None,
+    "type": "dsc",
+    "kernel_size": 7,
+    "dilated_kernel_size": 23,
+    "kernel_count": 26,
+    "version": "gauss",
+    "share_positions": True,
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``build_model`` as ``model_cfg.name``."""
+    return list(MODEL_NAMES)
+
+
+def _plain(cfg: Any, what: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Config (DictConfig, mapping or None) → plain dict with defaults; unknown keys are errors."""
+    if cfg is None:
+        cfg = {}
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"{what} config must be a mapping, got {type(cfg).__name__}")
+    allowed = set(defaults) | {"name"}
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(f"{what} config: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    return {**defaults, **cfg}
+
+
+def _check_int(cfg: Mapping[str, Any], key: str, what: str, minimum: int) -> int:
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what}.{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def build_model(model_cfg: Any, conv_cfg: Any = None) -> nn.Module:
+    """Build a zoo model for (N, in_chans, 128, 1001) spectrograms → (N, num_classes) logits.
+
+    ``model_cfg`` keys: name, timm_name, num_classes, drop_path_rate, pretrained, in_chans,
+    stem_kernel. ``conv_cfg`` keys: name, type (dsc|dcls), kernel_size, dilated_kernel_size,
+    kernel_count, version (gauss|bilinear), share_positions; None means DSC. The returned model
+    carries ``build_info`` (dict: name, conv, swapped layer names, pretrained report or None).
+    """
+    mcfg = _plain(model_cfg, "model", _MODEL_DEFAULTS)
+    ccfg = _plain(conv_cfg, "conv", _CONV_DEFAULTS)
+    name = mcfg.get("name")
+    if name not in MODEL_SPECS:
+        raise ValueError(
+            f"model.name={name!r} is not a known model; valid names: {list(MODEL_NAMES)}"
+        )
+    spec = MODEL_SPECS[name]
+    timm_name = mcfg["timm_name"] or spec.timm_name
+    if not timm.is_model(timm_name):
+        raise ValueError(f"model.timm_name={timm_name!r} is not a timm model (model.name={name})")
+    num_classes = _check_int(mcfg, "num_classes", "model", 1)
+    in_chans = _check_int(mcfg, "in_chans", "model", 1)
+    drop_path = float(mcfg["drop_path_rate"])
+    if not 0.0 <= drop_path < 1.0:
+        raise ValueError(f"model.drop_path_rate must be in [0, 1), got {drop_path}")
+    if ccfg["type"] not in CONV_TYPES:
+        raise ValueError(f"conv.type={ccfg['type']!r}; expected one of {list(CONV_TYPES)}")
+
+    model = timm.create_model(
+        timm_name,
+        pretrained=False,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_path_rate=drop_path,
+    )
+    report = None
+    if mcfg["pretrained"]:
+        report = load_pretrained(model, mcfg["pretrained"])
+    replace_stem(model, kernel=mcfg["stem_kernel"], in_chans=in_chans)
+
+    swapped: list[str] = []
+    if ccfg["type"] == "dcls":
+        swapped = _swap_convs(model, ccfg)
+        if report is not None:
+            done = tuple(n + "." for n in swapped)
+            report.swapped = [k for k in report.loaded if k.startswith(done)]
+            report.loaded = [k for k in report.loaded if not k.startswith(done)]
+    if report is not None:
+        log.info(report.summary())
+    model.build_info = {
+        "name": name,
+        "timm_name": timm_name,
+        "conv": ccfg.get("name") or ccfg["type"],
+        "swapped": swapped,
+        "pretrained": report,
+    }
+    return model
+
+
+def _swap_convs(model: nn.Module, ccfg: Mapping[str, Any]) -> list[str]:
+    """Replace the depthwise convs of ``model`` by DCLS layers as ``ccfg`` says; return names."""
+    from dcls_audio.dcls import replace_depthwise
+
+    if ccfg["version"] not in DCLS_VERSIONS:
+        raise ValueError(f"conv.version={ccfg['version']!r}; expected one of {list(DCLS_VERSIONS)}")
+    kernel_size = _check_int(ccfg, "kernel_size", "conv", 1)
+    swapped = replace_depthwise(
+        model,
+        kernel_size=kernel_size,
+        dilated_kernel_size=_check_int(ccfg, "dilated_kernel_size", "conv", 1),
+        kernel_count=_check_int(ccfg, "kernel_count", "conv", 1),
+        version=ccfg["version"],
+        share_positions=bool(ccfg["share_positions"]),
+    )
+    if not swapped:
+        raise ValueError(
+            f"conv.type=dcls but the model has no depthwise {kernel_size}x{kernel_size} Conv2d to "
+            f"replace (conv.kernel_size={kernel_size})"
+        )
+    return swapped
