@@ -1,0 +1,152 @@
+"""Run output: plain console progress lines, a JSONL metrics file, optional wandb.
+
+Console lines rather than a redrawn bar keep SLURM log files readable; every line carries loss,
+lr, samples/s and the ETA. Only the main rank constructs an active `RunLogger`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as ``H:MM:SS`` (or ``D-HH:MM:SS`` past a day)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    days, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h}:{m:02d}:{s:02d}"
+
+
+def jsonable(value: Any) -> Any:
+    """Floats that JSON can hold (NaN/inf become null), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return jsonable(value.item())
+    return value
+
+
+class RunLogger:
+    """Console, JSONL and wandb output of one run; a no-op when ``active`` is False."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        active: bool = True,
+        wandb_cfg: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        stream: Any = None,
+    ) -> None:
+        self.active = active
+        self.run_dir = Path(run_dir)
+        self.stream = stream if stream is not None else sys.stdout
+        self._wandb = None
+        self._jsonl = None
+        if not active:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        self._wandb = _start_wandb(wandb_cfg or {}, self.run_dir, config or {})
+
+    def print(self, message: str) -> None:
+        """One console line, flushed at once (SLURM buffers otherwise)."""
+        if self.active:
+            print(message, file=self.stream, flush=True)
+
+    def record(self, kind: str, values: dict[str, Any], step: int | None = None) -> None:
+        """Append ``{"type": kind, "time": ..., **values}`` to the JSONL file; mirror to wandb."""
+        if not self.active:
+            return
+        entry = {"type": kind, "time": round(time.time(), 3), **jsonable(values)}
+        if step is not None:
+            entry["step"] = int(step)
+        self._jsonl.write(json.dumps(entry) + "\n")
+        self._jsonl.flush()
+        if self._wandb is not None:
+            scalars = {
+                f"{kind}/{k}": v
+                for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+            self._wandb.log(scalars, step=step)
+
+    def train_progress(
+        self,
+        epoch: int,
+        epochs: int,
+        step: int,
+        total_steps: int,
+        loss: float,
+        lr: float,
+        samples_per_s: float,
+        eta_s: float,
+    ) -> None:
+        """Console progress line for a training step."""
+        width = len(str(total_steps))
+        self.print(
+            f"epoch {epoch + 1}/{epochs} step {step:>{width}}/{total_steps} "
+            f"loss {loss:.4f} lr {lr:.3e} {samples_per_s:.1f} samples/s "
+            f"eta {format_duration(eta_s)}"
+        )
+
+    def close(self) -> None:
+        """Flush and close the JSONL file and the wandb run."""
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _start_wandb(wandb_cfg: dict[str, Any], run_dir: Path, config: dict[str, Any]) -> Any:
+    """A wandb run in ``run_dir`` unless mode is disabled; wandb is imported only when used."""
+    mode = str(wandb_cfg.get("mode", "offline")).lower()
+    if mode not in WANDB_MODES:
+        raise ValueError(f"wandb.mode={mode!r}: expected one of {', '.join(WANDB_MODES)}")
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        warnings.warn("wandb is not installed; continuing without it", stacklevel=2)
+        return None
+    # One wandb run per run directory, so a resumed run continues its curves.
+    id_file = run_dir / "wandb_id.txt"
+    run_id = wandb_cfg.get("id")
+    if not run_id:
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id + "\n")
+    try:
+        return wandb.init(
+            mode=mode,
+            project=wandb_cfg.get("project", "dcls-audio"),
+            entity=wandb_cfg.get("entity"),
+            name=wandb_cfg.get("name"),
+            tags=list(wandb_cfg.get("tags") or []),
+            dir=str(run_dir),
+            config=config,
+            id=run_id,
+            resume="allow",
+            reinit="finish_previous",
+        )
+    except Exception as exc:  # a wandb outage must never stop training
+        warnings.warn(f"wandb.init failed ({exc}); continuing without wandb", stacklevel=2)
+        return None
