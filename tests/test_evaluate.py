@@ -156,6 +156,13 @@ def test_incomplete_or_unordered_loaders_are_rejected():
         predict(model, frontend, DataLoader(ds, batch_size=2, drop_last=True), "cpu")
     with pytest.raises(ValueError, match="not deterministic"):
         predict(model, frontend, DataLoader(ds, sampler=RandomSampler(ds)), "cpu")
+    batches = [[4, 5, 6], [0, 1], [2, 3]]
+    with pytest.raises(ValueError, match="batch_sampler"):
+        predict(model, frontend, DataLoader(ds, batch_sampler=batches), "cpu")
+    s, _ = predict(
+        model, frontend, DataLoader(ToyDataset(with_index=True), batch_sampler=batches), "cpu"
+    )
+    np.testing.assert_allclose(s, reference(ds)[0], rtol=0, atol=1e-6)
     # a shuffled loader is fine when the dataset returns the index
     ds_idx = ToyDataset(with_index=True)
     s, t = predict(model, frontend, DataLoader(ds_idx, batch_size=2, shuffle=True), "cpu")

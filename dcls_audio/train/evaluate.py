@@ -55,11 +55,11 @@ def _dist_world() -> tuple[bool, int]:
 
 def _sampler_indices(loader: DataLoader) -> list[int]:
     """Dataset indices in the order the loader yields them (needs a deterministic sampler)."""
-    if loader.batch_sampler is not None and getattr(loader.batch_sampler, "sampler", None) not in (
-        loader.sampler,
-        None,
-    ):
-        raise ValueError("predict: the loader's batch_sampler does not draw from loader.sampler")
+    if getattr(loader.batch_sampler, "sampler", None) is not loader.sampler:
+        raise ValueError(
+            "predict: the loader's batch_sampler does not draw from loader.sampler; make the "
+            "dataset return (waveform, target, index) instead"
+        )
     if getattr(loader, "drop_last", False):
         raise ValueError("predict: the evaluation loader must not use drop_last=True (clips lost)")
     first = [int(i) for i in loader.sampler]
