@@ -79,8 +79,19 @@ def test_run_writes_results_and_checkpoints(data_root, tmp_path, monkeypatch):
     metrics = run(cfg, run_dir=tmp_path, on_step=push_positions_out)
 
     results = json.loads((tmp_path / "results.json").read_text())
-    for key in ("map", "mauc", "dprime", "per_class_ap", "params", "seed", "config", "commit",
-                "wall_time_s", "train_samples_per_s", "class_names"):
+    for key in (
+        "map",
+        "mauc",
+        "dprime",
+        "per_class_ap",
+        "params",
+        "seed",
+        "config",
+        "commit",
+        "wall_time_s",
+        "train_samples_per_s",
+        "class_names",
+    ):
         assert key in results, key
     assert "map_ema" not in results
     assert len(results["per_class_ap"]) == 16 and len(results["class_names"]) == 16
@@ -92,8 +103,17 @@ def test_run_writes_results_and_checkpoints(data_root, tmp_path, monkeypatch):
     assert math.isclose(results["dprime"], math.sqrt(2) * _ndtri(results["mauc"]), rel_tol=1e-6)
 
     ckpt = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
-    for key in ("model", "ema", "optimizer", "scheduler", "epoch", "step", "rng", "config",
-                "class_names"):
+    for key in (
+        "model",
+        "ema",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "step",
+        "rng",
+        "config",
+        "class_names",
+    ):
         assert key in ckpt, key
     assert ckpt["step"] == 2 and ckpt["ema"] is None
     assert (tmp_path / "best.pt").exists()
@@ -133,8 +153,13 @@ def _ndtri(p):
 @pytest.mark.slow
 def test_accumulation_equals_large_batch(data_root, tmp_path):
     """batch 2 x 2 accumulation steps == batch 4 in one step (data, grads and Adam moments)."""
-    common = ("trainer.max_steps=2", "trainer.max_eval_samples=1", "data.mixup=false", "data.erase_p=0",
-              "model.drop_path_rate=0")
+    common = (
+        "trainer.max_steps=2",
+        "trainer.max_eval_samples=1",
+        "data.mixup=false",
+        "data.erase_p=0",
+        "model.drop_path_rate=0",
+    )
     a = make_cfg(data_root, *common)
     b = make_cfg(data_root, *common, "trainer.batch_size=4")
     run(a, run_dir=tmp_path / "a")
@@ -148,8 +173,9 @@ def test_accumulation_equals_large_batch(data_root, tmp_path):
         moved += int(not torch.equal(v, init[k]))
     assert moved > 10  # the comparison is not between two untrained models
     # Adam's first moment is proportional to the gradient: catches a missing 1/accum factor.
-    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(),
-                      strict=True):
+    for sa, sb in zip(
+        ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(), strict=True
+    ):
         rel = (sa["exp_avg"] - sb["exp_avg"]).norm() / sb["exp_avg"].norm().clamp_min(1e-12)
         assert rel < 1e-3, rel
 

@@ -46,8 +46,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/garbled files
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}). Refusing to start "
+            f"checkpoint {path} is unreadable ({type(exc).__name__}: {reason}). Refusing to start "
             f"over silently: restore it, or delete/move {path} to train from scratch."
         ) from exc
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):

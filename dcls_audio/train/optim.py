@@ -93,9 +93,7 @@ def build_scheduler(
     and reaches ``lr_min`` at update epochs x steps_per_epoch.
     """
     if warmup_epochs > epochs:
-        raise ValueError(
-            f"trainer.warmup_epochs={warmup_epochs} exceeds trainer.epochs={epochs}"
-        )
+        raise ValueError(f"trainer.warmup_epochs={warmup_epochs} exceeds trainer.epochs={epochs}")
     warmup_t = int(warmup_epochs * steps_per_epoch)
     t_initial = max(1, int((epochs - warmup_epochs) * steps_per_epoch))
     return CosineLRScheduler(

@@ -46,8 +46,18 @@ from dcls_audio.train.paths import git_commit, hydra_run_dir, resolve_data_files
 
 RESULTS = "results.json"
 # results.json entries that describe the run rather than hold a metric.
-RESULT_INFO_KEYS = ("params", "seed", "config", "commit", "wall_time_s", "train_samples_per_s",
-                    "epochs_trained", "steps", "world_size", "class_names")
+RESULT_INFO_KEYS = (
+    "params",
+    "seed",
+    "config",
+    "commit",
+    "wall_time_s",
+    "train_samples_per_s",
+    "epochs_trained",
+    "steps",
+    "world_size",
+    "class_names",
+)
 BEST_KEYS = ("model", "ema", "config", "class_names", "epoch", "step", "best_map")
 # Keys whose change makes an existing last.pt unusable for the run being started.
 RESUME_KEYS = ("model", "conv", "optim", "data.num_classes", "trainer.global_batch_size")
@@ -123,6 +133,9 @@ def _train(
     last_path, results_path = out / ckpt_io.LAST, out / RESULTS
     seed = int(cfg.seed)
     class_names = load_names(data)
+    # A damaged last.pt must stop the run before anything else happens.
+    saved = ckpt_io.load_checkpoint(last_path) if last_path.exists() else None
+    changed = _check_resume_config(saved["config"], config, last_path) if saved else []
 
     # Data
     train_ds = AudioSetHDF5(train_files, int(data.num_classes), train=True, seed=seed)
@@ -135,13 +148,21 @@ def _train(
     workers = int(data.num_workers)
     pin = bool(data.get("pin_memory", True)) and device.type == "cuda"
     loader = DataLoader(
-        train_ds, int(tr.batch_size), sampler=sampler, num_workers=workers, pin_memory=pin,
-        drop_last=True, persistent_workers=False,
+        train_ds,
+        int(tr.batch_size),
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin,
+        drop_last=True,
+        persistent_workers=False,
     )
     eval_bs = int(tr.get("eval_batch_size") or tr.batch_size)
     eval_loader = DataLoader(
-        eval_ds, eval_bs, sampler=ShardedEvalSampler(len(eval_ds), env.rank, env.world_size),
-        num_workers=workers, pin_memory=pin,
+        eval_ds,
+        eval_bs,
+        sampler=ShardedEvalSampler(len(eval_ds), env.rank, env.world_size),
+        num_workers=workers,
+        pin_memory=pin,
     )
     steps_per_epoch = len(loader) // accum
     if steps_per_epoch == 0:
@@ -157,7 +178,10 @@ def _train(
     optimizer = build_optimizer(model, cfg.optim, int(tr.global_batch_size))
     epochs = int(tr.epochs)
     scheduler = build_scheduler(
-        optimizer, epochs, int(tr.warmup_epochs), steps_per_epoch,
+        optimizer,
+        epochs,
+        int(tr.warmup_epochs),
+        steps_per_epoch,
         lr_min=float(cfg.optim.get("lr_min", 1e-6)),
         warmup_lr_init=float(cfg.optim.get("warmup_lr_init", 0.0)),
     )
@@ -170,12 +194,17 @@ def _train(
     )
 
     # Resume
-    state = {"epoch": 0, "step": 0, "best_map": float("-inf"), "train_time_s": 0.0,
-             "train_samples": 0, "wall_time_s": 0.0, "last_eval": None}
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "best_map": float("-inf"),
+        "train_time_s": 0.0,
+        "train_samples": 0,
+        "wall_time_s": 0.0,
+        "last_eval": None,
+    }
     logger = RunLogger(out, active=main, wandb_cfg=_plain(cfg.get("wandb")), config=config)
-    if last_path.exists():
-        saved = ckpt_io.load_checkpoint(last_path)
-        changed = _check_resume_config(saved["config"], config, last_path)
+    if saved is not None:
         if saved.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
             raise ckpt_io.CheckpointError(
                 f"{last_path} has {saved['steps_per_epoch']} optimizer steps per epoch but this "
@@ -191,25 +220,44 @@ def _train(
             ckpt_io.restore_rng_state(rng[env.rank])
         for key in state:
             state[key] = saved.get(key, state[key])
-        logger.print(f"resuming from {last_path}: epoch {state['epoch']}, step {state['step']}"
-                     + (f" (changed: {', '.join(changed)})" if changed else ""))
+        logger.print(
+            f"resuming from {last_path}: epoch {state['epoch']}, step {state['step']}"
+            + (f" (changed: {', '.join(changed)})" if changed else "")
+        )
         logger.record("resume", {"epoch": state["epoch"], "changed": changed}, step=state["step"])
 
     ddp_model: torch.nn.Module = model
     if env.distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(tr.get("find_unused_parameters", False)),
         )
     max_steps = int(tr.max_steps) if tr.get("max_steps") else None
     amp = bool(tr.amp) and (device.type == "cuda" or bool(tr.get("amp_cpu", False)))
     ctx = TrainContext(
-        model=model, ddp_model=ddp_model, frontend=frontend, mixup=mixup, optimizer=optimizer,
-        scheduler=scheduler, ema=ema, loader=loader, sampler=sampler, device=device,
-        accum_steps=accum, steps_per_epoch=steps_per_epoch, epochs=epochs, seed=seed,
-        rank=env.rank, global_batch_size=int(tr.global_batch_size), amp=amp,
-        clamp_positions=bool(tr.clamp_positions), max_steps=max_steps,
-        log_every=int(tr.get("log_every", 50)), logger=logger, on_step=on_step,
+        model=model,
+        ddp_model=ddp_model,
+        frontend=frontend,
+        mixup=mixup,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        ema=ema,
+        loader=loader,
+        sampler=sampler,
+        device=device,
+        accum_steps=accum,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        seed=seed,
+        rank=env.rank,
+        global_batch_size=int(tr.global_batch_size),
+        amp=amp,
+        clamp_positions=bool(tr.clamp_positions),
+        max_steps=max_steps,
+        log_every=int(tr.get("log_every", 50)),
+        logger=logger,
+        on_step=on_step,
     )
     if state["step"] != state["epoch"] * steps_per_epoch and state["step"] < ctx.total_steps:
         raise ckpt_io.CheckpointError(
@@ -231,11 +279,18 @@ def _train(
     def snapshot(extra_time: float) -> dict[str, Any]:
         rngs = all_gather_object(ckpt_io.capture_rng_state())
         return {
-            "model": model.state_dict(), "ema": ema.module.state_dict() if ema else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": None, "sampler_epoch": state["epoch"], "rng": rngs,
-            "steps_per_epoch": steps_per_epoch, "config": config, "class_names": class_names,
-            **state, "wall_time_s": state["wall_time_s"] + extra_time,
+            "model": model.state_dict(),
+            "ema": ema.module.state_dict() if ema else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": None,
+            "sampler_epoch": state["epoch"],
+            "rng": rngs,
+            "steps_per_epoch": steps_per_epoch,
+            "config": config,
+            "class_names": class_names,
+            **state,
+            "wall_time_s": state["wall_time_s"] + extra_time,
         }
 
     def do_eval() -> dict[str, Any] | None:
@@ -283,11 +338,16 @@ def _train(
         if main:
             results = {
                 **{k: metrics[k] for k in metrics},
-                "params": params, "seed": seed, "config": config, "commit": git_commit(),
+                "params": params,
+                "seed": seed,
+                "config": config,
+                "commit": git_commit(),
                 "wall_time_s": wall,
                 "train_samples_per_s": state["train_samples"] / max(state["train_time_s"], 1e-9),
-                "epochs_trained": state["epoch"], "steps": state["step"],
-                "world_size": env.world_size, "class_names": class_names,
+                "epochs_trained": state["epoch"],
+                "steps": state["step"],
+                "world_size": env.world_size,
+                "class_names": class_names,
             }
             write_json_atomic(results, results_path)
             logger.print(f"results written to {results_path}: mAP {metrics['map']:.4f}")
@@ -304,11 +364,14 @@ def _plain(node: Any) -> Any:
 
 def _report_eval(logger: RunLogger, epoch: int, step: int, metrics: dict[str, Any]) -> None:
     """Console line and JSONL entry of an evaluation."""
-    line = (f"eval epoch {epoch + 1}: mAP {metrics['map']:.4f} mAUC {metrics['mauc']:.4f} "
-            f"d' {metrics['dprime']:.3f}")
+    line = (
+        f"eval epoch {epoch + 1}: mAP {metrics['map']:.4f} mAUC {metrics['mauc']:.4f} "
+        f"d' {metrics['dprime']:.3f}"
+    )
     if "map_ema" in metrics:
         line += f" | EMA mAP {metrics['map_ema']:.4f}"
     logger.print(line)
     scalars = {k: v for k, v in metrics.items() if not k.startswith("per_class_ap")}
-    logger.record("eval", {"epoch": epoch, **scalars, "per_class_ap": metrics["per_class_ap"]},
-                  step=step)
+    logger.record(
+        "eval", {"epoch": epoch, **scalars, "per_class_ap": metrics["per_class_ap"]}, step=step
+    )

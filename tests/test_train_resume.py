@@ -1,0 +1,166 @@
+"""Resume: a run interrupted inside an epoch and restarted in its directory ends identical."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dcls_audio.data.synthetic import make_synthetic
+from dcls_audio.train import run
+from dcls_audio.train.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def make_cfg(data_root, *overrides):
+    base = [
+        "data=synthetic",
+        f"data.root={data_root}",
+        "data.num_workers=0",
+        "model=convnext_atto",
+        "conv=dcls_gauss",
+        "conv.dilated_kernel_size=5",
+        "conv.kernel_count=3",
+        "trainer.device=cpu",
+        "trainer.batch_size=2",
+        "trainer.global_batch_size=2",
+        "trainer.log_every=1",
+        "optim.lr_ref_batch=2",
+        "wandb.mode=disabled",
+    ]
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose("train", overrides=base + list(overrides))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(root, n_train=4, n_eval=5, seed=0)
+    return root
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(step_to_die):
+    def hook(step):
+        if step == step_to_die:
+            raise Killed(step)
+
+    return hook
+
+
+def results_without_timing(path):
+    res = json.loads(Path(path).read_text())
+    for k in ("wall_time_s", "train_samples_per_s", "commit"):
+        res.pop(k)
+    return res
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_identical_weights_and_metrics(data_root, tmp_path):
+    # 2 epochs x 2 optimizer steps of 2 clips, with mixup, erasing, drop path and EMA.
+    cfg = make_cfg(
+        data_root,
+        "trainer.epochs=2",
+        "trainer.max_eval_samples=3",
+        "trainer.warmup_epochs=1",
+        "trainer.ema=true",
+        "trainer.ema_decay=0.5",
+        "model.drop_path_rate=0.2",
+    )
+    full = run(cfg, run_dir=tmp_path / "full")
+
+    with pytest.raises(Killed):
+        run(cfg, run_dir=tmp_path / "cut", on_step=kill_at(3))  # inside epoch 2
+    saved = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert (saved["epoch"], saved["step"]) == (1, 2)
+    assert not (tmp_path / "cut" / "results.json").exists()
+
+    # Scramble the process RNGs: the resumed run must not depend on them.
+    torch.manual_seed(1234)
+    random.seed(99)
+    np.random.seed(7)
+    resumed = run(cfg, run_dir=tmp_path / "cut")
+
+    assert resumed["map"] == full["map"] and resumed["map_ema"] == full["map_ema"]
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for part in ("model", "ema"):
+        for k, v in a[part].items():
+            assert torch.equal(v, b[part][k]), (part, k)
+    for sa, sb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["scheduler"] == b["scheduler"]
+
+    ra = results_without_timing(tmp_path / "full" / "results.json")
+    rb = results_without_timing(tmp_path / "cut" / "results.json")
+    assert ra == rb
+    for key in ("map_ema", "mauc_ema", "dprime_ema", "per_class_ap_ema"):
+        assert key in ra
+    # The EMA is a distinct average, not a copy of the raw weights.
+    assert any(not torch.equal(v, a["model"][k]) for k, v in a["ema"].items())
+    log = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert any(json.loads(x)["type"] == "resume" for x in log)
+
+
+def test_corrupt_last_checkpoint_is_reported_not_ignored(data_root, tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"\x80\x02garbage that is not a checkpoint")
+    cfg = make_cfg(data_root, "trainer.max_steps=1")
+    with pytest.raises(CheckpointError, match=r"(?s)last\.pt is unreadable.*delete/move"):
+        run(cfg, run_dir=tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_truncated_checkpoint_is_reported(tmp_path):
+    atomic_torch_save({"model": {"w": torch.randn(1000)}, "step": 3}, tmp_path / "last.pt")
+    data = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(tmp_path / "last.pt")
+
+
+def test_foreign_checkpoint_is_reported(tmp_path):
+    atomic_torch_save({"model": {}}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_checkpoint(tmp_path / "last.pt")
+
+
+def test_resume_with_a_different_model_is_refused(data_root, tmp_path):
+    cfg = make_cfg(data_root, "trainer.max_steps=1", "trainer.max_eval_samples=1")
+    run(cfg, run_dir=tmp_path)
+    other = make_cfg(data_root, "trainer.max_steps=1", "conv=dsc")
+    with pytest.raises(CheckpointError, match="different conv"):
+        run(other, run_dir=tmp_path)
+
+
+def test_atomic_save_leaves_no_temporary_files(tmp_path):
+    atomic_torch_save({"x": torch.arange(3)}, tmp_path / "a.pt")
+    atomic_torch_save({"x": torch.arange(4)}, tmp_path / "a.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["x"], torch.arange(4))
+
+
+def test_rng_state_round_trip(tmp_path):
+    state = capture_rng_state()
+    atomic_torch_save({"rng": state}, tmp_path / "rng.pt")
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
