@@ -45,14 +45,14 @@ def first_slurm_host(nodelist: str) -> str:
     nodelist = nodelist.strip()
     if not nodelist:
         raise ValueError("SLURM_NODELIST is empty")
-    match = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist)
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?([^,]*)", nodelist)
     if match is None:
         raise ValueError(f"cannot parse SLURM_NODELIST={nodelist!r}")
-    prefix, ranges = match.group(1), match.group(3)
+    prefix, ranges, suffix = match.groups()
     if ranges is None:
         return prefix
     first = ranges.split(",")[0].split("-")[0]
-    return prefix + first
+    return prefix + first + suffix
 
 
 def resolve_env(environ: Mapping[str, str] | None = None) -> DistEnv:

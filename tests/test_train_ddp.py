@@ -1,0 +1,118 @@
+"""Two-process gloo DDP through torchrun and train.py, against the single-process run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dcls_audio.data.synthetic import make_synthetic
+from dcls_audio.train import run
+from dcls_audio.train.distributed import DistEnv, first_slurm_host, resolve_env
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = str(ROOT / "configs")
+
+
+def overrides(data_root):
+    # No mixup, erasing or drop path: per-rank random draws would differ from one process.
+    return [
+        "data=synthetic",
+        f"data.root={data_root}",
+        "data.num_workers=0",
+        "data.mixup=false",
+        "data.erase_p=0",
+        "model=convnext_atto",
+        "model.drop_path_rate=0",
+        "conv=dcls_gauss",
+        "conv.dilated_kernel_size=5",
+        "conv.kernel_count=3",
+        "trainer.device=cpu",
+        "trainer.batch_size=2",
+        "trainer.global_batch_size=8",
+        "trainer.epochs=1",
+        "trainer.warmup_epochs=0",
+        "trainer.log_every=1",
+        "optim.lr_ref_batch=8",
+        "wandb.mode=disabled",
+    ]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(root, n_train=8, n_eval=5, seed=0)
+    return root
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_matches_one_process(data_root, tmp_path):
+    """World 2 x batch 2 x 2 accumulation (no_sync) == one process x batch 2 x 4 accumulation."""
+    ddp_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "train.py", *overrides(data_root), f"hydra.run.dir={ddp_dir}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "world 2 on cpu | batch 2 x 2 x 2 accumulation = 8" in proc.stdout
+    assert proc.stdout.count("results written") == 1  # only rank 0 writes
+
+    ddp = json.loads((ddp_dir / "results.json").read_text())
+    assert ddp["world_size"] == 2 and ddp["steps"] == 1
+    assert ddp["num_eval_clips"] == 5  # 3 + 2 clips, each counted once
+    for key in ("map", "mauc", "dprime", "per_class_ap", "params", "config", "commit"):
+        assert key in ddp
+
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose("train", overrides=overrides(data_root))
+    single = run(cfg, run_dir=tmp_path / "single")
+
+    a = torch.load(ddp_dir / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "single" / "last.pt", weights_only=True)
+    for k, v in a["model"].items():
+        torch.testing.assert_close(v, b["model"][k], rtol=1e-3, atol=1e-4)
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(),
+                      strict=True):  # fmt: skip
+        rel = (sa["exp_avg"] - sb["exp_avg"]).norm() / sb["exp_avg"].norm().clamp_min(1e-12)
+        assert rel < 1e-3, rel  # gradients averaged over ranks and micro-steps, not summed
+    assert len(a["rng"]) == 2  # every rank's RNG state is kept
+    assert abs(ddp["mauc"] - single["mauc"]) < 1e-3
+
+
+def test_torchrun_environment():
+    env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "node7",
+           "MASTER_PORT": "1234", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}  # fmt: skip
+    assert resolve_env(env) == DistEnv(3, 1, 8, "node7", 1234)
+
+
+def test_slurm_environment_is_translated():
+    env = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8",
+           "SLURM_NODELIST": "gpu[012-015]", "SLURM_JOB_ID": "4242"}  # fmt: skip
+    got = resolve_env(env)
+    assert (got.rank, got.local_rank, got.world_size) == (5, 1, 8)
+    assert got.master_addr == "gpu012" and got.master_port == 20000 + 4242
+    assert not got.is_main and got.distributed
+    env["MASTER_PORT"] = "29999"
+    env["SLURM_JOB_NODELIST"] = "a1,a2"
+    assert resolve_env(env).master_port == 29999 and resolve_env(env).master_addr == "a1"
+
+
+def test_single_slurm_task_and_plain_process_are_not_distributed():
+    assert resolve_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == DistEnv()
+    assert resolve_env({}) == DistEnv()
+    assert DistEnv().is_main and not DistEnv().distributed
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "host"),
+    [("node1", "node1"), ("gpu[003-005,010]", "gpu003"), ("gpu[7,9],cpu1", "gpu7"),
+     ("a-b01,c", "a-b01"), ("x[10-11]-ib", "x10-ib")],
+)  # fmt: skip
+def test_first_slurm_host(nodelist, host):
+    assert first_slurm_host(nodelist) == host
