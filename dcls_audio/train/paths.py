@@ -24,12 +24,14 @@ def resolve_data_files(data_cfg: Any, key: str) -> list[str]:
         matches = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
+            target = path.replace("*", "")
             raise FileNotFoundError(
-                f"data.{key}: {entry} ({path}) does not exist. Create the synthetic set with "
-                f"`python scripts/make_synthetic.py {Path(path).parent}` and train with "
-                "`data=synthetic`, or pack AudioSet into the PANNs HDF5 layout with "
-                "`python scripts/pack_audioset.py` (see its --help), or point "
-                f"data.{key}=[...] / data.root at existing files."
+                f"data.{key}: {entry} ({path}) does not exist. For a quick run, create the "
+                f"synthetic set with `python scripts/make_synthetic.py --out {Path(path).parent}`"
+                " and train with `data=synthetic`. For AudioSet, pack each split into the PANNs "
+                "HDF5 layout, e.g. `python scripts/pack_audioset.py --audio-dir <clips> "
+                f"--segments <split>_segments.csv --out {target}`, or set data.root / "
+                f"data.{key}=[...] to existing files."
             )
         files.extend(matches)
     return files
@@ -77,6 +79,7 @@ def write_json_atomic(obj: Any, path: Path) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(jsonable(obj), f, indent=2)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; others read results
     os.replace(tmp, path)
 
 

@@ -301,7 +301,7 @@ def _train(
                 metrics.update({f"{k}_ema": v for k, v in ema_metrics.items()})
         return metrics
 
-    session_start = time.time()
+    session_start = wall_start  # this process's share of the wall time starts at run()
     try:
         while state["epoch"] < epochs and state["step"] < ctx.total_steps:
             epoch = state["epoch"]
@@ -318,8 +318,9 @@ def _train(
                 if main:
                     state["last_eval"] = {"step": step, "metrics": metrics}
                     _report_eval(logger, epoch, step, metrics)
-                    improved = metrics["map"] > state["best_map"]
-                    state["best_map"] = max(float(metrics["map"]), state["best_map"])
+                    improved = bool(metrics["map"] > state["best_map"])  # False for NaN
+                    if improved:
+                        state["best_map"] = float(metrics["map"])
             snap = snapshot(time.time() - session_start)  # collective: every rank calls it
             if main:
                 if improved:
