@@ -18,10 +18,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing as mp
 import os
 import re
 from dataclasses import dataclass
-from multiprocessing import Pool
 from pathlib import Path
 
 import h5py
@@ -90,29 +90,29 @@ def match_files(audio_dir: str | os.PathLike, ytids: set[str]) -> tuple[dict[str
     audio_dir = Path(audio_dir)
     if not audio_dir.is_dir():
         raise FileNotFoundError(f"audio directory {audio_dir} does not exist")
-    exact: dict[str, Path] = {}
-    prefix: dict[str, Path] = {}
-    duplicates: list[dict] = []
+    candidates: dict[str, list[tuple[int, Path]]] = {}
     files = sorted(p for p in audio_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     for p in files:
         for name in (p.stem, p.stem[1:] if p.stem.startswith("Y") else None):
             if name is None:
                 continue
             if name in ytids:
-                table, ytid = exact, name
-            else:
-                # longest "<id>_..." prefix that is a known YTID (ids may contain "_")
-                cuts = [m.start() for m in re.finditer("_", name)]
-                ytid = next((name[:c] for c in reversed(cuts) if name[:c] in ytids), None)
-                table = prefix
-            if ytid is None:
-                continue
-            if ytid in table:
-                duplicates.append({"ytid": ytid, "file": str(p), "kept": str(table[ytid])})
-            else:
-                table[ytid] = p
-            break
-    return {**prefix, **exact}, duplicates
+                candidates.setdefault(name, []).append((0, p))  # exact match
+                break
+            # longest "<id>_..." prefix that is a known YTID (ids may contain "_")
+            cuts = [m.start() for m in re.finditer("_", name)]
+            ytid = next((name[:c] for c in reversed(cuts) if name[:c] in ytids), None)
+            if ytid is not None:
+                candidates.setdefault(ytid, []).append((1, p))
+                break
+    found: dict[str, Path] = {}
+    duplicates: list[dict] = []
+    for ytid, cands in candidates.items():
+        cands.sort()
+        found[ytid] = cands[0][1]
+        kept = str(cands[0][1])
+        duplicates += [{"ytid": ytid, "file": str(p), "kept": kept} for _, p in cands[1:]]
+    return found, duplicates
 
 
 def load_clip(path: str | os.PathLike) -> np.ndarray:
@@ -190,7 +190,8 @@ def pack(
         if done:
             log.info("resuming %s: %d rows already written", partial, len(done))
         names, wav, tgt = f["audio_name"], f["waveform"], f["target"]
-        pool = Pool(workers) if workers > 1 else None
+        # "spawn": forked children of a process that already ran torch's OpenMP code can deadlock
+        pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
         try:
             results = pool.imap(_load_task, todo, chunksize=4) if pool else map(_load_task, todo)
             for k, (i, clip, err) in enumerate(results, start=1):
