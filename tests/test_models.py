@@ -276,6 +276,8 @@ def test_dictconfig_input_and_drop_path():
         ({"timm_name": "resnet18"}, {}, "unsupported model class ResNet"),
         ({"drop_path": 0.1}, {}, r"unknown key\(s\) \['drop_path'\]"),
         ({"num_classes": 0}, {}, "num_classes must be an integer >= 1"),
+        ({"drop_path_rate": "high"}, {}, "drop_path_rate must be a number in"),
+        ({"drop_path_rate": 1.0}, {}, r"drop_path_rate must be in \[0, 1\)"),
         ({"stem_kernel": [2]}, {}, "stem_kernel must be two positive ints"),
         ({}, {"type": "dcls2"}, r"conv.type='dcls2'; expected one of \['dsc', 'dcls'\]"),
         ({}, {"type": "dcls", "version": "v1"}, "version"),

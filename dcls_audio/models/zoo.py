@@ -112,7 +112,9 @@ def build_model(model_cfg: Any, conv_cfg: Any = None) -> nn.Module:
         raise ValueError(f"model.timm_name={timm_name!r} is not a timm model (model.name={name})")
     num_classes = _check_int(mcfg, "num_classes", "model", 1)
     in_chans = _check_int(mcfg, "in_chans", "model", 1)
-    drop_path = float(mcfg["drop_path_rate"])
+    drop_path = mcfg["drop_path_rate"]
+    if isinstance(drop_path, bool) or not isinstance(drop_path, (int, float)):
+        raise ValueError(f"model.drop_path_rate must be a number in [0, 1), got {drop_path!r}")
     if not 0.0 <= drop_path < 1.0:
         raise ValueError(f"model.drop_path_rate must be in [0, 1), got {drop_path}")
     if ccfg["type"] not in CONV_TYPES:
