@@ -139,7 +139,8 @@ def make_clip(rng: Rng, banks: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nd
         t = np.arange(n, dtype=np.float32) / np.float32(SR)
         ev = CLASSES[c][1](t, rng, banks)
         gain = 0.1 * 10 ** (rng.uniform(-20, 0) / 20) / (np.sqrt(np.mean(ev**2)) + 1e-9)
-        ev = ev * np.float32(gain)  # unit RMS times the level
+        gain = min(gain, 0.3 / (np.abs(ev).max() + 1e-9))  # sparse clicks: cap the peak
+        ev = ev * np.float32(gain)  # RMS level in -40..-20 dBFS
         ev[:FADE] *= ramp
         ev[-FADE:] *= ramp[::-1]
         x[onset : onset + n] += ev
