@@ -14,6 +14,14 @@ logging.getLogger().setLevel(logging.ERROR)
 ref_modules = pytest.importorskip("DCLS.construct.modules")
 
 OURS = {1: Dcls1d, 2: Dcls2d, 3: Dcls3d}
+
+
+def _close(actual, expected):
+    """rtol 1e-5, absolute slack 1e-5 of the tensor's largest magnitude (float32 sums, FFT)."""
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
+
+
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -34,6 +42,7 @@ LAYER_CASES = [
     (2, 3, 4, 2, 5, 2, 1, 1, (9, 8)),
     (2, 6, 6, 26, 23, 1, 11, 6, (8, 7)),  # ConvNeXt's last stage: cropped
     (3, 2, 4, 3, 5, 1, 2, 2, (6, 5, 7)),
+    (2, 4, 4, 6, 23, 1, 11, 4, (30, 28)),  # large depthwise kernel: FFT path on the CPU
 ]
 
 
@@ -60,16 +69,16 @@ def test_layer_matches_reference_package(case, version):
     x = torch.randn(2, in_ch, *spatial)
     x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_ref, y_ours = ref(x_ref), ours(x_ours)
-    torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-5)
+    _close(y_ours, y_ref)
     g = torch.randn_like(y_ref)
     (y_ref * g).sum().backward()
     (y_ours * g).sum().backward()
-    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours.P.grad, ref.P.grad.flip(0), rtol=1e-5, atol=1e-5)
+    _close(x_ours.grad, x_ref.grad)
+    _close(ours.weight.grad, ref.weight.grad)
+    _close(ours.bias.grad, ref.bias.grad)
+    _close(ours.P.grad, ref.P.grad.flip(0))
     if version == "gauss":
-        torch.testing.assert_close(ours.SIG.grad, ref.SIG.grad.flip(0), rtol=1e-5, atol=1e-5)
+        _close(ours.SIG.grad, ref.SIG.grad.flip(0))
 
 
 def test_parameter_shapes_and_init():
@@ -273,6 +282,67 @@ def test_cropping_exact_in_1d_and_3d(ndim):
     full = CONV[ndim](x, layer.kernel(), layer.bias, stride=2, padding=3, groups=2)
     assert layer._plan(spatial)[0] is not None
     torch.testing.assert_close(layer(x), full, rtol=1e-5, atol=1e-6)
+
+
+FFT_CASES = [
+    # size, spatial, padding, batched
+    (23, (30, 28), 11, True),
+    ((8, 12), (9, 15), (3, 7), True),
+    (9, (10, 11), 0, False),
+    (5, (6, 4), (9, 2), True),  # padding larger than the kernel
+    ((6, 4), (7, 5), "same", True),  # asymmetric padding
+    (23, (8, 7), 11, True),  # cropped kernel
+]
+
+
+@pytest.mark.parametrize("size,spatial,padding,batched", FFT_CASES)
+def test_fft_path_matches_direct_conv(size, spatial, padding, batched):
+    from dcls_audio.dcls.fftconv import fft_depthwise_conv2d
+
+    layer = Dcls2d(5, 5, 7, size, padding=padding, groups=5).double()
+    with torch.no_grad():
+        layer.P.uniform_(-10, 10)
+    layer.clamp_parameters()
+    x = torch.randn(*((2,) if batched else ()), 5, *spatial, dtype=torch.float64)
+    x.requires_grad_()
+    params = [x, layer.weight, layer.bias, layer.P, layer.SIG]
+    outs, grads = {}, {}
+    for impl in ("direct", "fft"):
+        layer.conv_impl = impl
+        outs[impl] = layer(x)
+        grads[impl] = torch.autograd.grad(outs[impl].sin().sum(), params)
+    torch.testing.assert_close(outs["fft"], outs["direct"], rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads["fft"], grads["direct"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    # The function itself against F.conv2d with explicit asymmetric padding.
+    kernel = layer.kernel()
+    kh, kw = kernel.shape[-2:]
+    pads = ((kh // 2 + 1, kh - 2 - kh // 2), (kw // 2, kw - 1 - kw // 2))
+    flat = (pads[1][0], pads[1][1], pads[0][0], pads[0][1])
+    expected = F.conv2d(F.pad(x, flat), kernel, layer.bias, groups=5)
+    torch.testing.assert_close(
+        fft_depthwise_conv2d(x, kernel, layer.bias, pads), expected, rtol=1e-10, atol=1e-10
+    )
+
+
+def test_fft_auto_selection():
+    from dcls_audio.dcls.fftconv import prefer_fft
+
+    stage1 = torch.empty(8, 96, 64, 62)
+    kernel = torch.empty(96, 1, 23, 23)
+    pads = ((11, 11), (11, 11))
+    assert prefer_fft(stage1, kernel, 96, (1, 1), pads)
+    assert prefer_fft(torch.empty(2, 4, 30, 28), kernel[:4], 4, (1, 1), pads)  # LAYER_CASES[-1]
+    assert not prefer_fft(stage1, torch.empty(96, 1, 7, 7), 96, (1, 1), ((3, 3),) * 2)
+    assert not prefer_fft(stage1, kernel, 96, (2, 2), pads)  # strided: direct
+    assert not prefer_fft(stage1, torch.empty(96, 2, 23, 23), 48, (1, 1), pads)  # not depthwise
+    assert not prefer_fft(stage1.half(), kernel.half(), 96, (1, 1), pads)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not prefer_fft(stage1, kernel, 96, (1, 1), pads)
+    layer = Dcls2d(4, 4, 3, 5, groups=4)
+    layer.conv_impl = "winograd"
+    with pytest.raises(ValueError, match="conv_impl must be"):
+        layer(torch.randn(1, 4, 8, 8))
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])

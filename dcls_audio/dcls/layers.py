@@ -8,7 +8,9 @@ Differences from the reference package (``dcls`` 0.1.1), all output-preserving w
   (tracked through the parameters' version counters, storage, device and dtype) or the module is
   put back in training mode;
 * when the input is so small that some kernel taps can only ever meet zero padding, those taps
-  are cropped away and the padding is adjusted: the output grid and values are unchanged.
+  are cropped away and the padding is adjusted: the output grid and values are unchanged;
+* on the CPU, large depthwise 2-D kernels are applied through the FFT when that is estimated to
+  be cheaper (``conv_impl = "auto"``; ``"fft"`` whenever possible, ``"direct"`` never).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from .construct import check_version, construct_kernel, normalize_size
+from .fftconv import fft_depthwise_conv2d, prefer_fft
 
 __all__ = ["DclsNd", "Dcls1d", "Dcls2d", "Dcls3d"]
 
@@ -134,6 +137,9 @@ class DclsNd(nn.Module):
         self.padding_mode = padding_mode
         self.version = version
         self.crop = True  # crop kernel taps that can only meet zero padding
+        # "auto": FFT for large depthwise 2-D kernels on the CPU when estimated cheaper;
+        # "fft": whenever it applies (CPU, float, depthwise, stride 1); "direct": never.
+        self.conv_impl = "auto"
         self._pads = pads
         self._reversed_padding_repeated_twice = tuple(v for lr in reversed(pads) for v in lr)
         self._cache: tuple[tuple, Tensor] | None = None
@@ -240,6 +246,12 @@ class DclsNd(nn.Module):
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         window, pads = self._plan(x.shape[-self.ndim :])
         kernel = self._cached_kernel(window)
+        if self.conv_impl not in ("auto", "fft", "direct"):
+            raise ValueError(f"conv_impl must be 'auto', 'fft' or 'direct', got {self.conv_impl!r}")
+        if self.conv_impl != "direct" and self.ndim == 2:
+            cost = 0.0 if self.conv_impl == "fft" else None
+            if prefer_fft(x, kernel, self.groups, self.stride, pads, cost_factor=cost):
+                return fft_depthwise_conv2d(x, kernel, self.bias, pads)
         if all(lo == hi for lo, hi in pads):
             padding = tuple(lo for lo, _ in pads)
         else:
