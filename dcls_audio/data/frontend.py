@@ -49,15 +49,16 @@ def random_erasing_boxes(
     return torch.stack([top, left, h, w], dim=1)
 
 
-def erase(x: torch.Tensor, boxes: torch.Tensor, value: float = 0.0) -> torch.Tensor:
-    """Set ``x[i, top:top+h, left:left+w] = value`` for each image ``i`` (x: (n, H, W))."""
-    boxes = boxes.to(x.device)
-    top, left, h, w = boxes.unbind(1)
-    r = torch.arange(x.shape[-2], device=x.device)
-    c = torch.arange(x.shape[-1], device=x.device)
-    in_r = (r[None] >= top[:, None]) & (r[None] < (top + h)[:, None])
-    in_c = (c[None] >= left[:, None]) & (c[None] < (left + w)[:, None])
-    return x.masked_fill(in_r[:, :, None] & in_c[:, None, :], value)
+def erase_(x: torch.Tensor, boxes: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+    """In place, set ``x[i, top:top+h, left:left+w] = value`` for each image ``i`` (x: (n, H, W)).
+
+    Only the erased images (about a quarter of a batch) are touched, one slice write each: on the
+    CPU this is much cheaper than building and applying a full (n, H, W) mask.
+    """
+    for i in torch.nonzero(boxes[:, 2] > 0).flatten().tolist():
+        top, left, h, w = boxes[i].tolist()
+        x[i, top : top + h, left : left + w] = value
+    return x
 
 
 def _mel_fbanks_float64(
@@ -130,6 +131,6 @@ class LogMelFrontend(nn.Module):
             if self.training and self.erase_p > 0:
                 n, height, width = spec.shape
                 boxes = random_erasing_boxes(n, height, width, p=self.erase_p, generator=generator)
-                spec = erase(spec, boxes)
+                spec = erase_(spec, boxes)
             x = self.to_db(self.mel(spec))
             return ((x - self.mean) / self.std).unsqueeze(1)
