@@ -14,8 +14,11 @@ def main() -> None:
     ap.add_argument("--audio-dir", required=True, help="folder with wav/flac/ogg/mp3 files")
     ap.add_argument("--segments", required=True, help="AudioSet segments CSV")
     ap.add_argument("--out", required=True, help="output HDF5 file")
-    ap.add_argument("--labels", default=None,
-                    help="class_labels_indices.csv (default: the packaged AudioSet 527 classes)")
+    ap.add_argument(
+        "--labels",
+        default=None,
+        help="class_labels_indices.csv (default: the packaged AudioSet 527 classes)",
+    )
     ap.add_argument("--workers", type=int, default=1, help="decoding processes")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

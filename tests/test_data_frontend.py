@@ -18,8 +18,9 @@ def realistic_audio(n_clips=2, seed=0):
     out = []
     for _ in range(n_clips):
         f0 = rng.uniform(150, 600)
-        x = sum(np.sin(2 * np.pi * k * f0 * t + 3 * np.sin(2 * np.pi * 4 * t)) / k
-                for k in range(1, 6))
+        x = sum(
+            np.sin(2 * np.pi * k * f0 * t + 3 * np.sin(2 * np.pi * 4 * t)) / k for k in range(1, 6)
+        )
         x = x * (0.5 + 0.5 * np.sin(2 * np.pi * 0.3 * t) ** 2)
         x += 0.3 * np.sin(2 * np.pi * rng.uniform(2000, 9000) * t) * (t % 1 < 0.2)
         spec = np.fft.rfft(rng.standard_normal(len(t)))
@@ -124,11 +125,13 @@ def test_mixup_hand_computed(monkeypatch):
     # x[0] = 0.25 * x0 + 0.75 * x2, ...
     torch.testing.assert_close(xm, torch.tensor([[4.0, 5.0], [1.5, 2.5], [3.5, 4.5]]))
     hi, lo = 0.9 + 0.025, 0.025  # smoothed 1 and 0 with eps = 0.1, C = 4
-    expect = torch.tensor([
-        [0.25 * hi + 0.75 * lo, lo, lo, 0.25 * hi + 0.75 * lo],
-        [0.25 * lo + 0.75 * hi, 0.25 * hi + 0.75 * lo, lo, 0.25 * lo + 0.75 * hi],
-        [lo, 0.25 * lo + 0.75 * hi, lo, lo],
-    ])
+    expect = torch.tensor(
+        [
+            [0.25 * hi + 0.75 * lo, lo, lo, 0.25 * hi + 0.75 * lo],
+            [0.25 * lo + 0.75 * hi, 0.25 * hi + 0.75 * lo, lo, 0.25 * lo + 0.75 * hi],
+            [lo, 0.25 * lo + 0.75 * hi, lo, lo],
+        ]
+    )
     torch.testing.assert_close(ym, expect)
 
 

@@ -19,8 +19,19 @@ from dcls_audio.data.waveform import (
 C = 5
 
 
-def write_h5(path, n=6, empty=(), *, classes=C, length=CLIP_SAMPLES, wav_dtype=np.int16,
-             tgt_dtype=bool, sr=SAMPLE_RATE, drop=None, seed=0):
+def write_h5(
+    path,
+    n=6,
+    empty=(),
+    *,
+    classes=C,
+    length=CLIP_SAMPLES,
+    wav_dtype=np.int16,
+    tgt_dtype=bool,
+    sr=SAMPLE_RATE,
+    drop=None,
+    seed=0,
+):
     rng = np.random.default_rng(seed)
     wav = rng.integers(-20000, 20000, (n, length)).astype(wav_dtype)
     tgt = rng.random((n, classes)) < 0.4
@@ -106,8 +117,10 @@ def reference_augment(raw, shift, rate, offset):
     return out
 
 
-@pytest.mark.parametrize("rate, offset", [(0.5, 123), (0.75, 0), (1.25, 777), (1.5, 5000),
-                                          (0.6103515625, 204288), (1.0, 0)])
+@pytest.mark.parametrize(
+    "rate, offset",
+    [(0.5, 123), (0.75, 0), (1.25, 777), (1.5, 5000), (0.6103515625, 204288), (1.0, 0)],
+)
 def test_speed_perturb_matches_reference(rate, offset):
     raw = np.random.default_rng(0).integers(-30000, 30000, CLIP_SAMPLES).astype(np.int16)
     got = speed_perturb(roll_to_float(raw, -4321), rate, offset)

@@ -51,8 +51,13 @@ def corpus(tmp_path):
         'eeeeeeeeeee, 0.000, 10.000, "/m/04rlf"\n'
         'ddddddddddd, 10.000, 20.000, "/g/122z_qxw"\n'
     )
-    return {"audio": audio, "labels": labels, "segments": seg, "exact": exact,
-            "out": tmp_path / "out" / "train.h5"}
+    return {
+        "audio": audio,
+        "labels": labels,
+        "segments": seg,
+        "exact": exact,
+        "out": tmp_path / "out" / "train.h5",
+    }
 
 
 def test_labels_files():
@@ -98,8 +103,14 @@ def test_pack_end_to_end(corpus):
 
 
 def test_file_matching_rule(tmp_path):
-    for name in ["Yabc.wav", "abc_30.000.wav", "xyz_1.flac", "Yx_y_10.000_20.000.ogg",
-                 "Yother.wav", "xyz.flac"]:
+    for name in [
+        "Yabc.wav",
+        "abc_30.000.wav",
+        "xyz_1.flac",
+        "Yx_y_10.000_20.000.ogg",
+        "Yother.wav",
+        "xyz.flac",
+    ]:
         (tmp_path / name).write_bytes(b"")
     found, dups = match_files(tmp_path, {"abc", "xyz", "x_y", "Yother", "missing"})
     assert found["abc"].name == "Yabc.wav"  # exact match wins over "abc_30.000"

@@ -38,8 +38,11 @@ def test_deterministic_from_seed(syn, tmp_path):
     out, _ = syn
     make_synthetic(tmp_path / "a", n_train=3, n_eval=1, seed=0)
     make_synthetic(tmp_path / "b", n_train=3, n_eval=1, seed=1)
-    with h5py.File(out / "train.h5") as f0, h5py.File(tmp_path / "a" / "train.h5") as fa, \
-            h5py.File(tmp_path / "b" / "train.h5") as fb:
+    with (
+        h5py.File(out / "train.h5") as f0,
+        h5py.File(tmp_path / "a" / "train.h5") as fa,
+        h5py.File(tmp_path / "b" / "train.h5") as fb,
+    ):
         np.testing.assert_array_equal(fa["waveform"][()], f0["waveform"][:3])  # size-independent
         np.testing.assert_array_equal(fa["target"][()], f0["target"][:3])
         assert not np.array_equal(fa["waveform"][()], fb["waveform"][()])
@@ -51,12 +54,21 @@ def band_energy_fraction(x, lo, hi):
     return p[(f >= lo) & (f <= hi)].sum() / p.sum()
 
 
-@pytest.mark.parametrize("name, lo, hi", [
-    ("Low tone", 140, 310), ("High tone", 4900, 7100), ("Very high tone", 9900, 12100),
-    ("Low noise band", 190, 460), ("Mid noise band", 1490, 2510),
-    ("High noise band", 7990, 10010), ("AM tone", 880, 1120), ("FM tone", 1840, 2660),
-    ("Siren", 590, 1410), ("Beeps", 3400, 4100),
-])
+@pytest.mark.parametrize(
+    "name, lo, hi",
+    [
+        ("Low tone", 140, 310),
+        ("High tone", 4900, 7100),
+        ("Very high tone", 9900, 12100),
+        ("Low noise band", 190, 460),
+        ("Mid noise band", 1490, 2510),
+        ("High noise band", 7990, 10010),
+        ("AM tone", 880, 1120),
+        ("FM tone", 1840, 2660),
+        ("Siren", 590, 1410),
+        ("Beeps", 3400, 4100),
+    ],
+)
 def test_class_spectra_are_where_the_names_say(name, lo, hi):
     fn = dict(CLASSES)[name]
     banks = make_banks(np.random.default_rng(0))
@@ -90,10 +102,26 @@ def test_chirps_clicks_and_stacks():
 
 def test_make_synthetic_script(tmp_path):
     r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "make_synthetic.py"), "--out", str(tmp_path),
-         "--train", "2", "--eval", "1", "--seed", "3"],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make_synthetic.py"),
+            "--out",
+            str(tmp_path),
+            "--train",
+            "2",
+            "--eval",
+            "1",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
     assert '"n_train": 2' in r.stdout
-    assert {p.name for p in tmp_path.iterdir()} == {"train.h5", "eval.h5",
-                                                    "class_labels_indices.csv"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "train.h5",
+        "eval.h5",
+        "class_labels_indices.csv",
+    }

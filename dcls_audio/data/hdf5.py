@@ -121,7 +121,9 @@ class AudioSetHDF5(Dataset):
             detail = ", ".join(f"{p}: {k}" for p, k in self.skipped_per_file.items() if k)
             log.warning(
                 "skipped %d rows with an empty audio_name (missing clips) out of %d (%s)",
-                self.num_skipped, self.num_skipped + len(self._rows), detail,
+                self.num_skipped,
+                self.num_skipped + len(self._rows),
+                detail,
             )
         self.augment = WaveformAugment()
         self._pid: int | None = None

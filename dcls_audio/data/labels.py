@@ -38,9 +38,7 @@ def read_class_index(path: str | Path | None = None) -> ClassIndex:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:3]] != ["index", "mid", "display_name"]:
-            raise ValueError(
-                f"{path}: expected header 'index,mid,display_name', found {header!r}"
-            )
+            raise ValueError(f"{path}: expected header 'index,mid,display_name', found {header!r}")
         for line_no, row in enumerate(reader, start=2):
             if not row:
                 continue

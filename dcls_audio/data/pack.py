@@ -151,11 +151,17 @@ def _open_partial(path: Path, num_classes: int) -> h5py.File:
     f.attrs["rows_done"] = 0
     f.create_dataset("audio_name", shape=(0,), maxshape=(None,), dtype="S20", chunks=(1024,))
     f.create_dataset(
-        "waveform", shape=(0, CLIP_SAMPLES), maxshape=(None, CLIP_SAMPLES), dtype=np.int16,
+        "waveform",
+        shape=(0, CLIP_SAMPLES),
+        maxshape=(None, CLIP_SAMPLES),
+        dtype=np.int16,
         chunks=(1, CLIP_SAMPLES),
     )
     f.create_dataset(
-        "target", shape=(0, num_classes), maxshape=(None, num_classes), dtype=bool,
+        "target",
+        shape=(0, num_classes),
+        maxshape=(None, num_classes),
+        dtype=bool,
         chunks=(256, num_classes),
     )
     return f
@@ -175,7 +181,10 @@ def pack(
     found, duplicates = match_files(audio_dir, {s.ytid for s in segments})
     partial = out.with_name(out.name + ".partial")
     report = {
-        "segments": len(segments), "written": 0, "missing": [], "unreadable": [],
+        "segments": len(segments),
+        "written": 0,
+        "missing": [],
+        "unreadable": [],
         "duplicates": duplicates,
     }
     f = _open_partial(partial, len(classes.mids))
@@ -197,8 +206,9 @@ def pack(
             for k, (i, clip, err) in enumerate(results, start=1):
                 s = segments[i]
                 if clip is None:
-                    report["unreadable"].append({"ytid": s.ytid, "file": found[s.ytid].name,
-                                                 "error": err})
+                    report["unreadable"].append(
+                        {"ytid": s.ytid, "file": found[s.ytid].name, "error": err}
+                    )
                     continue
                 row = names.shape[0]
                 for d in (names, wav, tgt):
@@ -223,6 +233,11 @@ def pack(
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(report_path)
     partial.replace(out)
-    log.info("%s: %d clips written, %d missing, %d unreadable", out, report["written"],
-             len(report["missing"]), len(report["unreadable"]))
+    log.info(
+        "%s: %d clips written, %d missing, %d unreadable",
+        out,
+        report["written"],
+        len(report["missing"]),
+        len(report["unreadable"]),
+    )
     return report

@@ -25,8 +25,11 @@ TWO_PI = np.float32(2 * np.pi)
 NOISE_LEVEL = 0.003
 FADE = int(0.05 * SR)
 # noise-like classes cut their events out of one long band-limited noise per split
-NOISE_BANDS = {"Low noise band": (200, 450), "Mid noise band": (1500, 2500),
-               "High noise band": (8000, 10000)}
+NOISE_BANDS = {
+    "Low noise band": (200, 450),
+    "Mid noise band": (1500, 2500),
+    "High noise band": (8000, 10000),
+}
 
 
 def _sin(cycles: np.ndarray) -> np.ndarray:
@@ -48,8 +51,11 @@ def _chirp(t: np.ndarray, rng: Rng, up: bool) -> np.ndarray:
 
 def _vibrato(t: np.ndarray, rng: Rng, fc: float, depth: float, rate: float) -> np.ndarray:
     # f(t) = fc + depth sin(2 pi rate t)  ->  phase = fc t - depth / (2 pi rate) cos(2 pi rate t)
-    return _sin(np.float32(fc) * t - np.float32(depth / (2 * np.pi * rate)) * np.cos(
-        TWO_PI * np.float32(rate) * t + np.float32(rng.uniform(0, 2 * np.pi))))
+    return _sin(
+        np.float32(fc) * t
+        - np.float32(depth / (2 * np.pi * rate))
+        * np.cos(TWO_PI * np.float32(rate) * t + np.float32(rng.uniform(0, 2 * np.pi)))
+    )
 
 
 def _clicks(t: np.ndarray, rng: Rng, lo: float, hi: float) -> np.ndarray:
@@ -148,9 +154,7 @@ def make_clip(rng: Rng, banks: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nd
     return x, target
 
 
-def write_split(
-    path: str | os.PathLike, n: int, seed: int, split: int, n_empty: int = 0
-) -> None:
+def write_split(path: str | os.PathLike, n: int, seed: int, split: int, n_empty: int = 0) -> None:
     """Write ``n`` clips (plus ``n_empty`` PANNs-style empty rows at the end) to ``path``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
