@@ -19,6 +19,16 @@ lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+DEMO_DIR := outputs/demo
+
+# CPU demo: synthetic data (generated once), DCLS ConvNeXt-atto training, eval table.
+demo:
+	@test -f data/synthetic/train.h5 -a -f data/synthetic/eval.h5 || \
+		$(BIN)/python scripts/make_synthetic.py --out data/synthetic
+	rm -rf $(DEMO_DIR)
+	$(BIN)/python train.py experiment=demo hydra.run.dir=$(DEMO_DIR)
+	$(BIN)/python scripts/show_results.py $(DEMO_DIR)/results.json
+
 bench:
 	$(BIN)/python scripts/bench_dcls.py --json docs/bench_dcls.json
 

@@ -3,8 +3,8 @@
 The model input (N, 1, 128, 1001) is fed directly: the log-mel frontend is excluded (it is the
 same for every model and conv). Inference runs in eval mode under ``torch.inference_mode`` so DCLS
 layers use their cached (and, on small maps, cropped) kernel; a training step is forward, BCE
-loss, backward and an AdamW step. On CUDA both bf16 autocast and fp32 are measured with
-channels_last; on the CPU fp32.
+loss, backward and an AdamW step. Models and inputs are channels_last by default; on CUDA both
+bf16 autocast and fp32 are measured, on the CPU fp32.
 
 The convs of one model are measured interleaved: after warm-up, each repeat times every conv in
 turn and the reported figure is the median over repeats, so that a DCLS/DSC ratio taken in one run
@@ -195,7 +195,9 @@ def run_benchmark(
     if dtypes is None:
         dtypes = ["bf16", "fp32"] if dev.type == "cuda" else ["fp32"]
     if channels_last is None:
-        channels_last = dev.type == "cuda"
+        # channels_last on the CPU too: oneDNN's depthwise conv with a 23x23 kernel is ~20x
+        # slower on NCHW-contiguous inputs than on channels_last ones (docs/benchmarks.md).
+        channels_last = True
     modes = ["infer", "train"] if mode == "both" else [mode]
     records: list[dict[str, Any]] = []
     for model_name in models:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default=None, choices=["bf16", "fp32"],
                    help="only this dtype (default: bf16 and fp32 on CUDA, fp32 on the CPU)")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
-                   help="memory format (auto: on for CUDA, off for the CPU)")
+                   help="memory format of model and input (auto: channels_last)")
     p.add_argument("--iters", type=int, default=5, help="timed batches per repeat")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches per model before timing")
     p.add_argument("--repeats", type=int, default=3,

@@ -65,7 +65,7 @@ def test_benchmark_script_tiny_run(tmp_path):
             "convnext_atto", "cpu", "fp32", 1)
         assert len(r["repeats"]) == 2 and r["samples_per_s"] > 0
         lo, hi = sorted(r["repeats"])
-        assert r["samples_per_s"] == pytest.approx((lo + hi) / 2, rel=1e-3)  # median of two
+        assert r["samples_per_s"] == pytest.approx((lo + hi) / 2, abs=1.5e-3)  # median
     rows = [line for line in md.read_text().splitlines() if line.startswith("| convnext_atto")]
     assert len(rows) == 4
     ratio = float(rows[1].split("|")[8])
