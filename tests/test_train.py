@@ -152,9 +152,9 @@ def _ndtri(p):
 
 @pytest.mark.slow
 def test_accumulation_equals_large_batch(data_root, tmp_path):
-    """batch 2 x 2 accumulation steps == batch 4 in one step (data, grads and Adam moments)."""
+    """batch 2 x 2 accumulation steps == batch 4 in one step (weights, Adam moments)."""
     common = (
-        "trainer.max_steps=2",
+        "trainer.max_steps=1",
         "trainer.max_eval_samples=1",
         "data.mixup=false",
         "data.erase_p=0",

@@ -32,12 +32,12 @@ def overrides(data_root):
         "conv.dilated_kernel_size=5",
         "conv.kernel_count=3",
         "trainer.device=cpu",
-        "trainer.batch_size=2",
-        "trainer.global_batch_size=8",
+        "trainer.batch_size=1",
+        "trainer.global_batch_size=4",
         "trainer.epochs=1",
         "trainer.warmup_epochs=0",
         "trainer.log_every=1",
-        "optim.lr_ref_batch=8",
+        "optim.lr_ref_batch=4",
         "wandb.mode=disabled",
     ]
 
@@ -45,13 +45,13 @@ def overrides(data_root):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic(root, n_train=8, n_eval=5, seed=0)
+    make_synthetic(root, n_train=4, n_eval=5, seed=0)
     return root
 
 
 @pytest.mark.slow
 def test_two_process_gloo_run_matches_one_process(data_root, tmp_path):
-    """World 2 x batch 2 x 2 accumulation (no_sync) == one process x batch 2 x 4 accumulation."""
+    """World 2 x batch 1 x 2 accumulation (no_sync) == one process x batch 1 x 4 accumulation."""
     ddp_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
@@ -60,7 +60,7 @@ def test_two_process_gloo_run_matches_one_process(data_root, tmp_path):
            "train.py", *overrides(data_root), f"hydra.run.dir={ddp_dir}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "world 2 on cpu | batch 2 x 2 x 2 accumulation = 8" in proc.stdout
+    assert "world 2 on cpu | batch 1 x 2 x 2 accumulation = 4" in proc.stdout
     assert proc.stdout.count("results written") == 1  # only rank 0 writes
 
     ddp = json.loads((ddp_dir / "results.json").read_text())

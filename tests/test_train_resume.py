@@ -70,10 +70,12 @@ def results_without_timing(path):
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_weights_and_metrics(data_root, tmp_path):
-    # 2 epochs x 2 optimizer steps of 2 clips, with mixup, erasing, drop path and EMA.
+    # 2 epochs x 2 optimizer steps of 2 clips, with mixup, erasing, drop path and EMA;
+    # evaluated once, at the end.
     cfg = make_cfg(
         data_root,
         "trainer.epochs=2",
+        "trainer.eval_every=2",
         "trainer.max_eval_samples=3",
         "trainer.warmup_epochs=1",
         "trainer.ema=true",

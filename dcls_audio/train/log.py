@@ -106,6 +106,17 @@ class RunLogger:
             f"eta {format_duration(eta_s)}"
         )
 
+    def eval_report(self, epoch: int, step: int, metrics: dict[str, Any]) -> None:
+        """Console line and JSONL entry of an evaluation."""
+        line = (
+            f"eval epoch {epoch + 1}: mAP {metrics['map']:.4f} mAUC {metrics['mauc']:.4f} "
+            f"d' {metrics['dprime']:.3f}"
+        )
+        if "map_ema" in metrics:
+            line += f" | EMA mAP {metrics['map_ema']:.4f}"
+        self.print(line)
+        self.record("eval", {"epoch": epoch, **metrics}, step=step)
+
     def close(self) -> None:
         """Flush and close the JSONL file and the wandb run."""
         if self._jsonl is not None:

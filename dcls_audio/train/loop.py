@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from collections.abc import Callable
@@ -67,6 +68,20 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> tuple[torch.Generator, torch
     mix_gen.manual_seed(s ^ 0x5DEECE66D)
     erase_gen.manual_seed(s ^ 0x2545F4914F6CDD1D)
     return mix_gen, erase_gen
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels when asked (exact GPU resume), else cuDNN autotuning on CUDA.
+
+    On the CPU training is deterministic either way; on CUDA some kernels (e.g. atomics in
+    backward passes) are not, so without this a resumed run matches only to float noise.
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # input shape is fixed: autotune once
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

@@ -39,7 +39,13 @@ from dcls_audio.train.distributed import (
     resolve_env,
 )
 from dcls_audio.train.log import RunLogger
-from dcls_audio.train.loop import ModelEma, TrainContext, evaluate, train_one_epoch
+from dcls_audio.train.loop import (
+    ModelEma,
+    TrainContext,
+    configure_determinism,
+    evaluate,
+    train_one_epoch,
+)
 from dcls_audio.train.optim import build_optimizer, build_scheduler
 from dcls_audio.train.paths import class_names as load_names
 from dcls_audio.train.paths import git_commit, hydra_run_dir, resolve_data_files, write_json_atomic
@@ -126,6 +132,7 @@ def _train(
 
     tr, data = cfg.trainer, cfg.data
     config = OmegaConf.to_container(cfg, resolve=True)
+    configure_determinism(bool(tr.get("deterministic", False)), device)
     main = env.is_main
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -317,7 +324,7 @@ def _train(
                 metrics = do_eval()
                 if main:
                     state["last_eval"] = {"step": step, "metrics": metrics}
-                    _report_eval(logger, epoch, step, metrics)
+                    logger.eval_report(epoch, step, metrics)
                     improved = bool(metrics["map"] > state["best_map"])  # False for NaN
                     if improved:
                         state["best_map"] = float(metrics["map"])
@@ -361,18 +368,3 @@ def _train(
 def _plain(node: Any) -> Any:
     """Plain container of a DictConfig node (None stays None)."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def _report_eval(logger: RunLogger, epoch: int, step: int, metrics: dict[str, Any]) -> None:
-    """Console line and JSONL entry of an evaluation."""
-    line = (
-        f"eval epoch {epoch + 1}: mAP {metrics['map']:.4f} mAUC {metrics['mauc']:.4f} "
-        f"d' {metrics['dprime']:.3f}"
-    )
-    if "map_ema" in metrics:
-        line += f" | EMA mAP {metrics['map_ema']:.4f}"
-    logger.print(line)
-    scalars = {k: v for k, v in metrics.items() if not k.startswith("per_class_ap")}
-    logger.record(
-        "eval", {"epoch": epoch, **scalars, "per_class_ap": metrics["per_class_ap"]}, step=step
-    )
