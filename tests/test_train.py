@@ -1,5 +1,6 @@
 """Trainer end to end on the CPU: a short run(cfg) on synthetic data, batch arithmetic, errors."""
 
+import io
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from dcls_audio.models import build_model
 from dcls_audio.train import run
 from dcls_audio.train.distributed import accumulation_steps
 from dcls_audio.train.evaluate import ShardedEvalSampler, predict
+from dcls_audio.train.log import RunLogger, format_duration
 from dcls_audio.train.metrics import compute_metrics
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
@@ -225,3 +227,24 @@ def test_data_globs_expand(data_root, tmp_path):
     cfg = make_cfg(data_root, f"data.eval_files=[{data_root}/none*.h5]")
     with pytest.raises(FileNotFoundError, match="data.eval_files"):
         resolve_data_files(cfg.data, "eval_files")
+
+
+def test_run_logger_jsonl_console_and_wandb_modes(tmp_path):
+    with pytest.raises(ValueError, match="wandb.mode='cloud'"):
+        RunLogger(tmp_path, wandb_cfg={"mode": "cloud"})
+    out = io.StringIO()
+    logger = RunLogger(tmp_path, wandb_cfg={"mode": "disabled"}, stream=out)
+    logger.record("eval", {"map": float("nan"), "per_class_ap": [0.5, float("nan")]}, step=3)
+    logger.train_progress(0, 2, 3, 10, 0.5, 1e-3, 12.0, 3725.0)
+    logger.close()
+    entry = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert entry["type"] == "eval" and entry["step"] == 3
+    assert entry["map"] is None and entry["per_class_ap"] == [0.5, None]
+    assert out.getvalue().strip() == (
+        "epoch 1/2 step  3/10 loss 0.5000 lr 1.000e-03 12.0 samples/s eta 1:02:05"
+    )
+    assert format_duration(90061) == "1-01:01:01"
+    quiet = RunLogger(tmp_path / "other", active=False, wandb_cfg={"mode": "online"})
+    quiet.record("train", {"loss": 1.0}, step=1)
+    quiet.print("nothing")
+    assert not (tmp_path / "other").exists()

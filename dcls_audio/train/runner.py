@@ -239,6 +239,7 @@ def _train(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(tr.get("find_unused_parameters", False)),
+            gradient_as_bucket_view=True,
         )
     max_steps = int(tr.max_steps) if tr.get("max_steps") else None
     amp = bool(tr.amp) and (device.type == "cuda" or bool(tr.get("amp_cpu", False)))
