@@ -140,27 +140,34 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _series(records: Sequence[dict[str, Any]], x: str, key: str) -> tuple[list, list]:
-    pts = [(r[x], r[key]) for r in records if x in r and isinstance(r.get(key), (int, float))]
+def _series(
+    records: Sequence[dict[str, Any]], x: str, key: str, kind: str | None = None
+) -> tuple[list, list]:
+    """(x, y) of the records holding both keys; only entries of `type` kind when they say one."""
+    pts = [(r[x], r[key]) for r in records
+           if x in r and isinstance(r.get(key), (int, float))
+           and (kind is None or r.get("type", kind) == kind)]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Training loss and learning rate against step, eval mAP against epoch."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    xs, ys = _series(records, "step", "loss")
+    # the trainer logs "train" (per window of steps), "epoch" (epoch means) and "eval" entries
+    xs, ys = _series(records, "step", "loss", "train")
     axes[0].plot(xs, ys, lw=1)
     axes[0].set(xlabel="step", ylabel="training loss", title="loss")
-    xs, ys = _series(records, "step", "lr")
+    xs, ys = _series(records, "step", "lr", "train")
     axes[1].plot(xs, ys, lw=1)
     axes[1].set(xlabel="step", ylabel="learning rate", title="learning rate")
     for key, label in (("map", "mAP"), ("map_ema", "mAP (EMA)")):
-        xs, ys = _series(records, "epoch", key)
+        xs, ys = _series(records, "epoch", key, "eval")
+        xs = [e + 1 for e in xs]  # logged epochs are 0-based: plot epochs completed
         if not xs:  # eval entries without an epoch field: fall back to the step
-            xs, ys = _series(records, "step", key)
+            xs, ys = _series(records, "step", key, "eval")
         if xs:
             axes[2].plot(xs, ys, marker="o", label=label)
-    axes[2].set(xlabel="epoch", ylabel="eval mAP", title="evaluation")
+    axes[2].set(xlabel="epochs trained", ylabel="eval mAP", title="evaluation")
     if axes[2].lines:
         axes[2].legend()
     fig.tight_layout()

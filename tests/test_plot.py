@@ -59,9 +59,12 @@ def test_curves_from_handwritten_log(tmp_path):
     lines = [{"type": "train", "step": s, "epoch": s // 10, "loss": 0.7 - 0.01 * s,
               "lr": 1e-3 * min(1, s / 5)} for s in range(30)]
     lines += [{"type": "eval", "step": 10 * e, "epoch": e, "map": 0.2 + 0.2 * e} for e in (1, 2, 3)]
+    lines += [{"type": "epoch", "step": 10 * e, "epoch": e, "loss": 9.0} for e in (1, 2, 3)]
     log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     recs = plot.read_jsonl(log)
-    assert plot._series(recs, "epoch", "map") == ([1, 2, 3], [0.4, pytest.approx(0.6), 0.8])
+    assert plot._series(recs, "epoch", "map", "eval") == ([1, 2, 3], [0.4, pytest.approx(0.6), 0.8])
+    xs, ys = plot._series(recs, "step", "loss", "train")
+    assert xs == list(range(30)) and 9.0 not in ys  # epoch means are not mixed into the curve
     out = plot.plot_curves(recs, tmp_path / "curves.png")
     assert mpimg.imread(out).ndim == 3
     (tmp_path / "bad.jsonl").write_text('{"step": 1}\n{oops\n')
