@@ -81,8 +81,15 @@ def _sync(device: torch.device) -> None:
 class _Runner:
     """One model prepared for a (mode, dtype) measurement; `step()` processes one batch."""
 
-    def __init__(self, model: nn.Module, mode: str, device: torch.device, dtype: str,
-                 batch_size: int, channels_last: bool) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: str,
+        device: torch.device,
+        dtype: str,
+        batch_size: int,
+        channels_last: bool,
+    ) -> None:
         self.model, self.mode, self.device = model, mode, device
         self.autocast = dtype == "bf16"
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -159,13 +166,22 @@ def measure_model(
     name = device_name(device)
     for conv in convs:
         per_s = [batch_size * iters / t for t in times[conv]]
-        records.append({
-            "model": model_name, "conv": conv, "mode": mode, "device": device.type,
-            "dtype": dtype, "batch_size": batch_size,
-            "samples_per_s": round(statistics.median(per_s), 3),
-            "repeats": [round(v, 3) for v in per_s], "iters": iters, "warmup": warmup,
-            "channels_last": channels_last, "device_name": name,
-        })
+        records.append(
+            {
+                "model": model_name,
+                "conv": conv,
+                "mode": mode,
+                "device": device.type,
+                "dtype": dtype,
+                "batch_size": batch_size,
+                "samples_per_s": round(statistics.median(per_s), 3),
+                "repeats": [round(v, 3) for v in per_s],
+                "iters": iters,
+                "warmup": warmup,
+                "channels_last": channels_last,
+                "device_name": name,
+            }
+        )
     del runners
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -203,20 +219,35 @@ def run_benchmark(
     for model_name in models:
         for m in modes:
             for dtype in dtypes:
-                recs = measure_model(model_name, convs, m, dev, dtype, batch_size, iters, warmup,
-                                     repeats, channels_last)
+                recs = measure_model(
+                    model_name,
+                    convs,
+                    m,
+                    dev,
+                    dtype,
+                    batch_size,
+                    iters,
+                    warmup,
+                    repeats,
+                    channels_last,
+                )
                 records.extend(recs)
                 if log is not None:
                     for r in recs:
-                        log(f"{r['model']:>15} {r['conv']:>13} {r['mode']:>5} {r['device']:>4} "
-                            f"{r['dtype']:>4} bs={r['batch_size']:<4} {r['samples_per_s']:9.2f}/s")
+                        log(
+                            f"{r['model']:>15} {r['conv']:>13} {r['mode']:>5} {r['device']:>4} "
+                            f"{r['dtype']:>4} bs={r['batch_size']:<4} {r['samples_per_s']:9.2f}/s"
+                        )
     return records
 
 
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     """Markdown table of the records with the DCLS/DSC ratio per model beside the paper's."""
-    base = {(r["model"], r["mode"], r["device"], r["dtype"], r["batch_size"]): r["samples_per_s"]
-            for r in records if r["conv"] == "dsc"}
+    base = {
+        (r["model"], r["mode"], r["device"], r["dtype"], r["batch_size"]): r["samples_per_s"]
+        for r in records
+        if r["conv"] == "dsc"
+    }
     lines = [
         "| model | conv | mode | device | dtype | batch | samples/s | ratio to DSC | paper ratio |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -71,26 +71,42 @@ def plot_positions(model: nn.Module, path: str | Path) -> Path:
         grid = _grid(mod)
         cells = position_cells(mod)
         hist, _, _ = np.histogram2d(
-            cells[0], cells[1], bins=grid,
+            cells[0],
+            cells[1],
+            bins=grid,
             range=[[-0.5, grid[0] - 0.5], [-0.5, grid[1] - 0.5]],
         )
         ax = axes[0, j]
         # sqrt colour scale: the centre dominates, the tails still show
-        im = ax.imshow(hist / hist.sum(), cmap="magma", origin="lower", interpolation="nearest",
-                       norm=matplotlib.colors.PowerNorm(0.5))
-        ax.set_title(f"stage {j}: {first.rsplit('.', 3)[0]}\n{len(layers)} layers share "
-                     f"{cells.shape[1]} positions", fontsize=8)
+        im = ax.imshow(
+            hist / hist.sum(),
+            cmap="magma",
+            origin="lower",
+            interpolation="nearest",
+            norm=matplotlib.colors.PowerNorm(0.5),
+        )
+        ax.set_title(
+            f"stage {j}: {first.rsplit('.', 3)[0]}\n{len(layers)} layers share "
+            f"{cells.shape[1]} positions",
+            fontsize=8,
+        )
         ax.set_xlabel(AXIS_NAMES[1], fontsize=8)
         ax.set_ylabel(AXIS_NAMES[0], fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         ax = axes[1, j]
         for d in range(2):
-            ax.hist(cells[d] - grid[d] // 2, bins=4 * grid[d], range=(-grid[d] / 2, grid[d] / 2),
-                    histtype="step", label=AXIS_NAMES[d])
+            ax.hist(
+                cells[d] - grid[d] // 2,
+                bins=4 * grid[d],
+                range=(-grid[d] / 2, grid[d] / 2),
+                histtype="step",
+                label=AXIS_NAMES[d],
+            )
         ax.set_xlabel("position relative to the centre (cells)", fontsize=8)
         ax.legend(fontsize=7)
-    fig.suptitle("Learned DCLS positions per stage (density over the dilated kernel grid, "
-                 "sqrt colour scale)")
+    fig.suptitle(
+        "Learned DCLS positions per stage (density over the dilated kernel grid, sqrt colour scale)"
+    )
     fig.tight_layout()
     return _save(fig, Path(path))
 
@@ -102,14 +118,18 @@ def plot_kernels(model: nn.Module, path: str | Path, channels: int = 4) -> Path:
     stages = [s for s in dcls_stages(model) if s[1][0][1].P.shape[0] == 2]
     if not stages:
         raise ValueError("the model has no 2-D DCLS layers: nothing to plot")
-    fig, axes = plt.subplots(len(stages), channels, figsize=(2.5 * channels, 2.8 * len(stages)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(stages), channels, figsize=(2.5 * channels, 2.8 * len(stages)), squeeze=False
+    )
     for i, (_, layers) in enumerate(stages):
         name, mod = layers[0]
         sig = None if getattr(mod, "SIG", None) is None else mod.SIG.detach()
         with torch.no_grad():
-            kernel = construct_kernel(mod.weight.detach(), mod.P.detach(), sig, _grid(mod),
-                                      mod.version).float().cpu()
+            kernel = (
+                construct_kernel(mod.weight.detach(), mod.P.detach(), sig, _grid(mod), mod.version)
+                .float()
+                .cpu()
+            )
         for c in range(channels):
             ax = axes[i, c]
             if c >= kernel.shape[0]:
@@ -117,8 +137,9 @@ def plot_kernels(model: nn.Module, path: str | Path, channels: int = 4) -> Path:
                 continue
             k = kernel[c, 0].numpy()
             lim = float(np.abs(k).max()) or 1.0
-            ax.imshow(k, cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower",
-                      interpolation="nearest")
+            ax.imshow(
+                k, cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower", interpolation="nearest"
+            )
             ax.set_title(f"{name}\nchannel {c}", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -144,9 +165,13 @@ def _series(
     records: Sequence[dict[str, Any]], x: str, key: str, kind: str | None = None
 ) -> tuple[list, list]:
     """(x, y) of the records holding both keys; only entries of `type` kind when they say one."""
-    pts = [(r[x], r[key]) for r in records
-           if x in r and isinstance(r.get(key), (int, float))
-           and (kind is None or r.get("type", kind) == kind)]
+    pts = [
+        (r[x], r[key])
+        for r in records
+        if x in r
+        and isinstance(r.get(key), (int, float))
+        and (kind is None or r.get("type", kind) == kind)
+    ]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 

@@ -84,17 +84,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"checkpoint {path}: expected a dict, got {type(ckpt).__name__}")
     missing = [k for k in ("model", "config") if k not in ckpt]
     if missing:
-        raise ValueError(f"checkpoint {path}: missing key(s) {missing}; expected a dcls-audio "
-                         "checkpoint with 'model', 'ema', 'config', 'class_names'")
+        raise ValueError(
+            f"checkpoint {path}: missing key(s) {missing}; expected a dcls-audio "
+            "checkpoint with 'model', 'ema', 'config', 'class_names'"
+        )
     for key in ("model", "conv"):
         if key not in ckpt["config"]:
             raise ValueError(f"checkpoint {path}: config has no '{key}' section")
     return ckpt
 
 
-def build_from_checkpoint(
-    ckpt: dict[str, Any], prefer_ema: bool = True
-) -> tuple[nn.Module, str]:
+def build_from_checkpoint(ckpt: dict[str, Any], prefer_ema: bool = True) -> tuple[nn.Module, str]:
     """Build the checkpoint's model (config["model"], config["conv"]) and load its weights.
 
     Returns the model in eval mode and which weights were loaded ("ema" when present and
@@ -234,8 +234,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=10, help="labels to print per file (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--raw-weights", action="store_true",
-                   help="use the raw model weights even when the checkpoint has EMA weights")
+    p.add_argument(
+        "--raw-weights",
+        action="store_true",
+        help="use the raw model weights even when the checkpoint has EMA weights",
+    )
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error(f"--top-k must be >= 1, got {args.top_k}")
@@ -262,8 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.json:
             print(format_result(result), flush=True)
     if args.json:
-        doc = {"checkpoint": str(args.checkpoint), "weights": tagger.weights,
-               "results": results, "errors": errors}
+        doc = {
+            "checkpoint": str(args.checkpoint),
+            "weights": tagger.weights,
+            "results": results,
+            "errors": errors,
+        }
         print(json.dumps(doc, indent=2))
     return 1 if not results else 0
 

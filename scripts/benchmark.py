@@ -35,17 +35,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=ALL_MODELS, help=f"comma-separated (default {ALL_MODELS})")
     p.add_argument("--convs", default=ALL_CONVS, help=f"comma-separated (default {ALL_CONVS})")
     p.add_argument("--mode", default="infer", choices=["infer", "train", "both"])
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="samples per batch (default 64 on CUDA, 8 on the CPU)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="samples per batch (default 64 on CUDA, 8 on the CPU)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default=None, choices=["bf16", "fp32"],
-                   help="only this dtype (default: bf16 and fp32 on CUDA, fp32 on the CPU)")
-    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
-                   help="memory format of model and input (auto: channels_last)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["bf16", "fp32"],
+        help="only this dtype (default: bf16 and fp32 on CUDA, fp32 on the CPU)",
+    )
+    p.add_argument(
+        "--channels-last",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="memory format of model and input (auto: channels_last)",
+    )
     p.add_argument("--iters", type=int, default=5, help="timed batches per repeat")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches per model before timing")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="interleaved repeats per conv; the median is reported")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="interleaved repeats per conv; the median is reported",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--json", default=None, help="write the records here")
     p.add_argument("--markdown", default=None, help="write the markdown table here")
@@ -58,10 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     cl = None if args.channels_last == "auto" else args.channels_last == "on"
     print(f"device: {device_name(dev)}; input (B, 1, 128, 1001), frontend excluded", flush=True)
     records = run_benchmark(
-        [m for m in args.models.split(",") if m], [c for c in args.convs.split(",") if c],
-        mode=args.mode, batch_size=batch, device=args.device, iters=args.iters,
-        warmup=args.warmup, repeats=args.repeats, channels_last=cl,
-        dtypes=[args.dtype] if args.dtype else None, log=lambda s: print(s, flush=True),
+        [m for m in args.models.split(",") if m],
+        [c for c in args.convs.split(",") if c],
+        mode=args.mode,
+        batch_size=batch,
+        device=args.device,
+        iters=args.iters,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        channels_last=cl,
+        dtypes=[args.dtype] if args.dtype else None,
+        log=lambda s: print(s, flush=True),
     )
     table = markdown_table(records)
     print(table)

@@ -1,6 +1,6 @@
 """Print a run's results.json as an eval table: per-class AP with names, then mAP, mAUC, d'.
 
-    python scripts/show_results.py outputs/demo/results.json
+python scripts/show_results.py outputs/demo/results.json
 """
 
 from __future__ import annotations
@@ -26,8 +26,13 @@ def table(results: dict) -> str:
     summary = [("mAP", "map"), ("mAUC", "mauc"), ("d'", "dprime")]
     lines.append("  ".join(f"{label} {results[key]:.4f}" for label, key in summary))
     if "map_ema" in results:
-        lines.append("  ".join(f"EMA {label} {results[key + '_ema']:.4f}"
-                               for label, key in summary if key + "_ema" in results))
+        lines.append(
+            "  ".join(
+                f"EMA {label} {results[key + '_ema']:.4f}"
+                for label, key in summary
+                if key + "_ema" in results
+            )
+        )
     extra = []
     if "wall_time_s" in results:
         extra.append(f"wall time {results['wall_time_s']:.0f} s")

@@ -16,18 +16,42 @@ KEYS = {"model", "conv", "mode", "device", "dtype", "batch_size", "samples_per_s
 def test_paper_ratios_from_table1():
     # Table 1 of the paper, V100 samples/s: DCLS-Gauss / DSC.
     assert bench.PAPER_RATIO["convnext_t"] == pytest.approx(509.4 / 591.4, abs=5e-4)
-    assert bench.PAPER_RATIO == {"convnext_t": 0.861, "convformer_s18": 0.773,
-                                 "fastvit_sa24": 0.871}
+    assert bench.PAPER_RATIO == {
+        "convnext_t": 0.861,
+        "convformer_s18": 0.773,
+        "fastvit_sa24": 0.871,
+    }
 
 
 def test_markdown_ratio_is_against_dsc_of_same_setting():
     recs = [
-        {"model": "convnext_t", "conv": "dsc", "mode": "infer", "device": "cpu", "dtype": "fp32",
-         "batch_size": 8, "samples_per_s": 10.0},
-        {"model": "convnext_t", "conv": "dcls_gauss", "mode": "infer", "device": "cpu",
-         "dtype": "fp32", "batch_size": 8, "samples_per_s": 9.5},
-        {"model": "convnext_t", "conv": "dcls_gauss", "mode": "train", "device": "cpu",
-         "dtype": "fp32", "batch_size": 8, "samples_per_s": 3.0},
+        {
+            "model": "convnext_t",
+            "conv": "dsc",
+            "mode": "infer",
+            "device": "cpu",
+            "dtype": "fp32",
+            "batch_size": 8,
+            "samples_per_s": 10.0,
+        },
+        {
+            "model": "convnext_t",
+            "conv": "dcls_gauss",
+            "mode": "infer",
+            "device": "cpu",
+            "dtype": "fp32",
+            "batch_size": 8,
+            "samples_per_s": 9.5,
+        },
+        {
+            "model": "convnext_t",
+            "conv": "dcls_gauss",
+            "mode": "train",
+            "device": "cpu",
+            "dtype": "fp32",
+            "batch_size": 8,
+            "samples_per_s": 3.0,
+        },
     ]
     table = bench.markdown_table(recs).splitlines()
     assert len(table) == 2 + 3
@@ -49,25 +73,57 @@ def test_bad_arguments_are_named():
 def test_benchmark_script_tiny_run(tmp_path):
     js, md = tmp_path / "b.json", tmp_path / "b.md"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--models", "convnext_atto",
-         "--convs", "dsc,dcls_gauss", "--mode", "both", "--batch-size", "1", "--device", "cpu",
-         "--iters", "1", "--warmup", "0", "--repeats", "2", "--json", str(js),
-         "--markdown", str(md)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "benchmark.py"),
+            "--models",
+            "convnext_atto",
+            "--convs",
+            "dsc,dcls_gauss",
+            "--mode",
+            "both",
+            "--batch-size",
+            "1",
+            "--device",
+            "cpu",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--repeats",
+            "2",
+            "--json",
+            str(js),
+            "--markdown",
+            str(md),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     records = json.loads(js.read_text())
     assert [(r["conv"], r["mode"]) for r in records] == [
-        ("dsc", "infer"), ("dcls_gauss", "infer"), ("dsc", "train"), ("dcls_gauss", "train")]
+        ("dsc", "infer"),
+        ("dcls_gauss", "infer"),
+        ("dsc", "train"),
+        ("dcls_gauss", "train"),
+    ]
     for r in records:
         assert KEYS <= set(r)
         assert (r["model"], r["device"], r["dtype"], r["batch_size"]) == (
-            "convnext_atto", "cpu", "fp32", 1)
+            "convnext_atto",
+            "cpu",
+            "fp32",
+            1,
+        )
         assert len(r["repeats"]) == 2 and r["samples_per_s"] > 0
         lo, hi = sorted(r["repeats"])
         assert r["samples_per_s"] == pytest.approx((lo + hi) / 2, abs=1.5e-3)  # median
     rows = [line for line in md.read_text().splitlines() if line.startswith("| convnext_atto")]
     assert len(rows) == 4
     ratio = float(rows[1].split("|")[8])
-    assert ratio == pytest.approx(records[1]["samples_per_s"] / records[0]["samples_per_s"],
-                                  abs=1e-3)
+    assert ratio == pytest.approx(
+        records[1]["samples_per_s"] / records[0]["samples_per_s"], abs=1e-3
+    )

@@ -171,3 +171,22 @@ def test_train_augmentation_is_seeded_by_seed_epoch_index(tmp_path):
         dl = DataLoader(ds, batch_size=2, num_workers=workers)
         batches.append(torch.cat([x for x, _ in dl]))
     torch.testing.assert_close(batches[0], batches[1], rtol=0, atol=0)
+
+
+def test_augment_settings_reach_items_and_survive_pickling(tmp_path):
+    wav, _, _ = write_h5(tmp_path / "a.h5", n=3)
+    aug = WaveformAugment(speed_p=0.0)
+    ds = AudioSetHDF5(tmp_path / "a.h5", num_classes=C, train=True, seed=3, augment=aug)
+    ds.set_epoch(2)
+    copy = pickle.loads(pickle.dumps(ds))  # what a DataLoader worker receives
+    assert copy.augment.speed_p == 0.0 and copy.augment.speed_range == (0.5, 1.5)
+    for i in range(3):
+        # speed_p = 0: every clip is the plain circular roll of its row, shift drawn first
+        shift = int(
+            np.random.default_rng([3, 2, i]).integers(-CLIP_SAMPLES, CLIP_SAMPLES, endpoint=True)
+        )
+        expect = np.roll(wav[i].astype(np.float64) / 32768, shift)
+        np.testing.assert_array_equal(ds[i][0].numpy(), expect)
+        np.testing.assert_array_equal(copy[i][0].numpy(), expect)
+    with pytest.raises(ValueError, match="speed_p must be in"):
+        WaveformAugment(speed_p=1.5)

@@ -277,6 +277,9 @@ def test_dictconfig_input_and_drop_path():
         ({"timm_name": "resnet18"}, {}, "unsupported model class ResNet"),
         ({"drop_path": 0.1}, {}, r"unknown key\(s\) \['drop_path'\]"),
         ({"num_classes": 0}, {}, "num_classes must be an integer >= 1"),
+        ({"timm_kwargs": {"bogus": 1}}, {}, r"model.timm_kwargs=\{'bogus': 1\} not accepted"),
+        ({"timm_kwargs": {"num_classes": 3}}, {}, r"may not set \['num_classes'\]"),
+        ({"timm_kwargs": [1]}, {}, "timm_kwargs must be a mapping"),
         ({"drop_path_rate": "high"}, {}, "drop_path_rate must be a number in"),
         ({"drop_path_rate": 1.0}, {}, r"drop_path_rate must be in \[0, 1\)"),
         ({"stem_kernel": [2]}, {}, "stem_kernel must be two positive ints"),
@@ -292,6 +295,14 @@ def test_bad_config_errors(model_over, conv_over, match):
     c.update(conv_over)
     with pytest.raises((ValueError, TypeError), match=match), torch.device("meta"):
         build_model(m, c)
+
+
+def test_timm_kwargs_reach_the_timm_constructor():
+    m, c = cfgs("convnext_atto", "dcls_gauss")
+    m["timm_kwargs"] = {"ls_init_value": 0.25}
+    net = build_model(m, c)
+    gammas = [b.gamma for s in net.stages for b in s.blocks]
+    assert len(gammas) == 12 and all(torch.all(g == 0.25) for g in gammas)
 
 
 # ---------------------------------------------------------------- re-parameterisation

@@ -13,10 +13,24 @@ import torch
 from dcls_audio import plot
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_CFG = {"name": "convnext_atto", "timm_name": "convnext_atto", "num_classes": 4,
-             "drop_path_rate": 0.0, "pretrained": None, "in_chans": 1, "stem_kernel": [2, 16]}
-CONV_CFG = {"name": "dcls_gauss", "type": "dcls", "kernel_size": 7, "dilated_kernel_size": 23,
-            "kernel_count": 26, "version": "gauss", "share_positions": True}
+MODEL_CFG = {
+    "name": "convnext_atto",
+    "timm_name": "convnext_atto",
+    "num_classes": 4,
+    "drop_path_rate": 0.0,
+    "pretrained": None,
+    "in_chans": 1,
+    "stem_kernel": [2, 16],
+}
+CONV_CFG = {
+    "name": "dcls_gauss",
+    "type": "dcls",
+    "kernel_size": 7,
+    "dilated_kernel_size": 23,
+    "kernel_count": 26,
+    "version": "gauss",
+    "share_positions": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +70,16 @@ def test_position_cells_are_offsets_from_the_centre(model):
 
 def test_curves_from_handwritten_log(tmp_path):
     log = tmp_path / "metrics.jsonl"
-    lines = [{"type": "train", "step": s, "epoch": s // 10, "loss": 0.7 - 0.01 * s,
-              "lr": 1e-3 * min(1, s / 5)} for s in range(30)]
+    lines = [
+        {
+            "type": "train",
+            "step": s,
+            "epoch": s // 10,
+            "loss": 0.7 - 0.01 * s,
+            "lr": 1e-3 * min(1, s / 5),
+        }
+        for s in range(30)
+    ]
     lines += [{"type": "eval", "step": 10 * e, "epoch": e, "map": 0.2 + 0.2 * e} for e in (1, 2, 3)]
     lines += [{"type": "epoch", "step": 10 * e, "epoch": e, "loss": 9.0} for e in (1, 2, 3)]
     log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -75,15 +97,34 @@ def test_curves_from_handwritten_log(tmp_path):
 def test_plot_script_writes_pngs(tmp_path, model):
     run = tmp_path / "run"
     run.mkdir()
-    torch.save({"model": model.state_dict(), "ema": None,
-                "config": {"model": MODEL_CFG, "conv": CONV_CFG}, "class_names": list("abcd"),
-                "epoch": 0, "step": 3}, run / "last.pt")
-    recs = [{"type": "train", "step": s, "epoch": 0, "loss": 1.0 / (s + 1), "lr": 1e-3}
-            for s in range(5)] + [{"type": "eval", "step": 5, "epoch": 0, "map": 0.5}]
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "ema": None,
+            "config": {"model": MODEL_CFG, "conv": CONV_CFG},
+            "class_names": list("abcd"),
+            "epoch": 0,
+            "step": 3,
+        },
+        run / "last.pt",
+    )
+    recs = [
+        {"type": "train", "step": s, "epoch": 0, "loss": 1.0 / (s + 1), "lr": 1e-3}
+        for s in range(5)
+    ] + [{"type": "eval", "step": 5, "epoch": 0, "map": 0.5}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_dcls.py"),
-                           str(run / "last.pt"), "--out", str(tmp_path / "plots")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "plot_dcls.py"),
+            str(run / "last.pt"),
+            "--out",
+            str(tmp_path / "plots"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("positions.png", "kernels.png", "curves.png"):
         img = mpimg.imread(tmp_path / "plots" / name)

@@ -12,10 +12,24 @@ import torch
 from dcls_audio import tag
 
 NAMES = ["tone", "noise", "click", "chirp", "hum"]
-MODEL_CFG = {"name": "convnext_atto", "timm_name": "convnext_atto", "num_classes": len(NAMES),
-             "drop_path_rate": 0.0, "pretrained": None, "in_chans": 1, "stem_kernel": [2, 16]}
-CONV_CFG = {"name": "dcls_gauss", "type": "dcls", "kernel_size": 7, "dilated_kernel_size": 23,
-            "kernel_count": 26, "version": "gauss", "share_positions": True}
+MODEL_CFG = {
+    "name": "convnext_atto",
+    "timm_name": "convnext_atto",
+    "num_classes": len(NAMES),
+    "drop_path_rate": 0.0,
+    "pretrained": None,
+    "in_chans": 1,
+    "stem_kernel": [2, 16],
+}
+CONV_CFG = {
+    "name": "dcls_gauss",
+    "type": "dcls",
+    "kernel_size": 7,
+    "dilated_kernel_size": 23,
+    "kernel_count": 26,
+    "version": "gauss",
+    "share_positions": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +45,17 @@ def ckpt(tmp_path_factory):
         for p in ema.parameters():
             p.add_(0.05 * torch.randn_like(p))
     path = tmp_path_factory.mktemp("ckpt") / "last.pt"
-    torch.save({"model": raw.state_dict(), "ema": ema.state_dict(),
-                "config": {"model": MODEL_CFG, "conv": CONV_CFG, "seed": 0},
-                "class_names": NAMES, "epoch": 1, "step": 10}, path)
+    torch.save(
+        {
+            "model": raw.state_dict(),
+            "ema": ema.state_dict(),
+            "config": {"model": MODEL_CFG, "conv": CONV_CFG, "seed": 0},
+            "class_names": NAMES,
+            "epoch": 1,
+            "step": 10,
+        },
+        path,
+    )
     return path, raw.eval(), ema.eval()
 
 
@@ -111,8 +133,9 @@ def test_cli_tags_good_files_and_names_bad_ones(ckpt, audio, capsys):
 
 
 def test_cli_fails_only_when_every_file_fails(ckpt, audio, capsys):
-    rc = tag.main([str(audio / "corrupt.wav"), str(audio / "missing.ogg"),
-                   "--checkpoint", str(ckpt[0])])
+    rc = tag.main(
+        [str(audio / "corrupt.wav"), str(audio / "missing.ogg"), "--checkpoint", str(ckpt[0])]
+    )
     _, err = capsys.readouterr()
     assert rc != 0 and "corrupt.wav" in err and "missing.ogg" in err
     rc = tag.main([str(audio / "mono.wav"), "--checkpoint", str(audio / "nope.pt")])
@@ -122,9 +145,21 @@ def test_cli_fails_only_when_every_file_fails(ckpt, audio, capsys):
 
 def test_cli_json_module_entry_point(ckpt, audio):
     proc = subprocess.run(
-        [sys.executable, "-m", "dcls_audio.tag", str(audio / "mono.wav"),
-         str(audio / "corrupt.wav"), "--checkpoint", str(ckpt[0]), "--json", "--top-k", "3"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "dcls_audio.tag",
+            str(audio / "mono.wav"),
+            str(audio / "corrupt.wav"),
+            "--checkpoint",
+            str(ckpt[0]),
+            "--json",
+            "--top-k",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)

@@ -4,7 +4,7 @@ from .frontend import LogMelFrontend
 from .hdf5 import AudioSetHDF5
 from .labels import load_class_labels
 from .mixup import MultiLabelMixup
-from .waveform import CLIP_SAMPLES, SAMPLE_RATE
+from .waveform import CLIP_SAMPLES, SAMPLE_RATE, WaveformAugment
 
 __all__ = [
     "AudioSetHDF5",
@@ -12,5 +12,6 @@ __all__ = [
     "LogMelFrontend",
     "MultiLabelMixup",
     "SAMPLE_RATE",
+    "WaveformAugment",
     "load_class_labels",
 ]

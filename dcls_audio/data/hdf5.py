@@ -82,7 +82,8 @@ class AudioSetHDF5(Dataset):
     bit-packed in memory (66 bytes per row for 527 classes), so an item costs one waveform read.
     With ``train=True`` every clip is rolled and
     speed-perturbed with a generator seeded by (seed, epoch, index): the result of an item does
-    not depend on the number of workers. ``set_epoch`` must be called before creating the epoch's
+    not depend on the number of workers; ``augment`` sets the roll and speed perturbation
+    (default: the paper's). ``set_epoch`` must be called before creating the epoch's
     iterator (it does not reach already running persistent workers).
     """
 
@@ -92,6 +93,7 @@ class AudioSetHDF5(Dataset):
         num_classes: int = 527,
         train: bool = False,
         seed: int = 0,
+        augment: WaveformAugment | None = None,
     ) -> None:
         if isinstance(files, (str, os.PathLike)):
             files = [files]
@@ -125,7 +127,7 @@ class AudioSetHDF5(Dataset):
                 self.num_skipped + len(self._rows),
                 detail,
             )
-        self.augment = WaveformAugment()
+        self.augment = augment if augment is not None else WaveformAugment()
         self._pid: int | None = None
         self._handles: list[h5py.File | None] = []
         self._waves: list[h5py.Dataset | None] = []
@@ -142,7 +144,6 @@ class AudioSetHDF5(Dataset):
         state["_pid"] = None
         state["_handles"] = []
         state["_waves"] = []
-        state["augment"] = WaveformAugment()
         return state
 
     def _waveforms(self, file_index: int) -> h5py.Dataset:

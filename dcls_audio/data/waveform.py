@@ -141,6 +141,13 @@ class WaveformAugment:
         self._scratch: np.ndarray | None = None
         self._index: np.ndarray | None = None
 
+    def __getstate__(self) -> dict:
+        # work buffers are per process: a pickled copy (DataLoader worker) starts without them
+        return {**self.__dict__, "_scratch": None, "_index": None}
+
+    def __repr__(self) -> str:
+        return f"WaveformAugment(speed_p={self.speed_p}, speed_range={self.speed_range})"
+
     def draw(self, rng: np.random.Generator) -> tuple[int, float | None, int]:
         """Draw (shift, rate or None, offset) for one clip."""
         n = self.length

@@ -52,7 +52,10 @@ _MODEL_DEFAULTS: dict[str, Any] = {
     "pretrained": None,
     "in_chans": 1,
     "stem_kernel": (2, 16),
+    "timm_kwargs": {},
 }
+# set by build_model itself; not accepted in model.timm_kwargs
+_RESERVED_TIMM_KWARGS = ("pretrained", "num_classes", "in_chans", "drop_path_rate")
 _CONV_DEFAULTS: dict[str, Any] = {
     "name": None,
     "type": "dsc",
@@ -95,9 +98,11 @@ def build_model(model_cfg: Any, conv_cfg: Any = None) -> nn.Module:
     """Build a zoo model for (N, in_chans, 128, 1001) spectrograms → (N, num_classes) logits.
 
     ``model_cfg`` keys: name, timm_name, num_classes, drop_path_rate, pretrained, in_chans,
-    stem_kernel. ``conv_cfg`` keys: name, type (dsc|dcls), kernel_size, dilated_kernel_size,
-    kernel_count, version (gauss|bilinear), share_positions; None means DSC. The returned model
-    carries ``build_info`` (dict: name, conv, swapped layer names, pretrained report or None).
+    stem_kernel, timm_kwargs (extra keyword arguments of the timm constructor, e.g.
+    ``ls_init_value`` of ConvNeXt). ``conv_cfg`` keys: name, type (dsc|dcls), kernel_size,
+    dilated_kernel_size, kernel_count, version (gauss|bilinear), share_positions; None means DSC.
+    The returned model carries ``build_info`` (dict: name, conv, swapped layer names,
+    pretrained report or None).
     """
     mcfg = _plain(model_cfg, "model", _MODEL_DEFAULTS)
     ccfg = _plain(conv_cfg, "conv", _CONV_DEFAULTS)
@@ -120,13 +125,25 @@ def build_model(model_cfg: Any, conv_cfg: Any = None) -> nn.Module:
     if ccfg["type"] not in CONV_TYPES:
         raise ValueError(f"conv.type={ccfg['type']!r}; expected one of {list(CONV_TYPES)}")
 
-    model = timm.create_model(
-        timm_name,
-        pretrained=False,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        drop_path_rate=drop_path,
-    )
+    extra = mcfg["timm_kwargs"] or {}
+    if not isinstance(extra, Mapping):
+        raise ValueError(f"model.timm_kwargs must be a mapping, got {extra!r}")
+    reserved = sorted(set(extra) & set(_RESERVED_TIMM_KWARGS))
+    if reserved:
+        raise ValueError(f"model.timm_kwargs may not set {reserved}: use the model.* keys")
+    try:
+        model = timm.create_model(
+            timm_name,
+            pretrained=False,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            drop_path_rate=drop_path,
+            **extra,
+        )
+    except TypeError as err:
+        raise ValueError(
+            f"model.timm_kwargs={dict(extra)} not accepted by timm model {timm_name!r}: {err}"
+        ) from err
     report = None
     if mcfg["pretrained"]:
         report = load_pretrained(model, mcfg["pretrained"])

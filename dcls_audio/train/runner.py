@@ -126,7 +126,7 @@ def _train(
     on_step: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     """Body of `run` inside the process group."""
-    from dcls_audio.data import AudioSetHDF5, LogMelFrontend, MultiLabelMixup
+    from dcls_audio.data import AudioSetHDF5, LogMelFrontend, MultiLabelMixup, WaveformAugment
     from dcls_audio.models import build_model
     from dcls_audio.train.evaluate import ShardedEvalSampler
 
@@ -145,7 +145,13 @@ def _train(
     changed = _check_resume_config(saved["config"], config, last_path) if saved else []
 
     # Data
-    train_ds = AudioSetHDF5(train_files, int(data.num_classes), train=True, seed=seed)
+    augment = WaveformAugment(
+        speed_p=float(data.get("speed_p", 0.5)),
+        speed_range=tuple(float(r) for r in data.get("speed_range", (0.5, 1.5))),
+    )
+    train_ds = AudioSetHDF5(
+        train_files, int(data.num_classes), train=True, seed=seed, augment=augment
+    )
     eval_ds = AudioSetHDF5(eval_files, int(data.num_classes), train=False)
     if tr.get("max_eval_samples"):
         eval_ds = Subset(eval_ds, range(min(int(tr.max_eval_samples), len(eval_ds))))
