@@ -228,3 +228,27 @@ def test_slurm_launcher_parameters_make_a_valid_sbatch_script(hydra_ctx, monkeyp
     assert "--partition" not in script
     assert "export OMP_NUM_THREADS=1\n" in script
     assert executor._executor.max_num_timeout == cfg.hydra.launcher.max_num_timeout
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in (CONFIGS / "experiment" / "table1").glob("*.yaml"))
+)
+def test_table1_augmentation_equals_paper(hydra_ctx, name):
+    cfg = _experiment(name)
+    assert _get(cfg, "data.speed_p") == 0.5 and _get(cfg, "data.speed_range") == [0.5, 1.5]
+    assert _get(cfg, "data.erase_p") == 0.25 and _get(cfg, "data.mixup") is True
+    assert _get(cfg, "model.timm_kwargs") == {}  # timm's own model definitions, as the paper
+
+
+def test_demo_config_builds_a_small_dcls_convnext(hydra_ctx):
+    from dcls_audio.dcls import Dcls2d
+    from dcls_audio.models import build_model
+
+    cfg = compose("train", overrides=["experiment=demo"])
+    assert cfg.conv.name == "dcls_gauss" and cfg.conv.kernel_count == 26
+    assert cfg.data.num_classes == 16 and cfg.trainer.device == "cpu"
+    model = build_model(cfg.model, cfg.conv)
+    dcls = [m for m in model.modules() if isinstance(m, Dcls2d)]
+    assert len(dcls) == 6 and {m.dilated_kernel_size for m in dcls} == {(11, 11)}
+    assert [s.blocks[0].gamma[0].item() for s in model.stages] == pytest.approx([0.1] * 4)
+    assert 0.6e6 < sum(p.numel() for p in model.parameters()) < 0.8e6
