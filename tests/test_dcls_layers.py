@@ -339,10 +339,36 @@ def test_fft_auto_selection():
     assert not prefer_fft(stage1.half(), kernel.half(), 96, (1, 1), pads)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not prefer_fft(stage1, kernel, 96, (1, 1), pads)
+    # inference: against the channels_last direct forward, only stage 1 of ConvNeXt-T gains
+    assert prefer_fft(stage1, kernel, 96, (1, 1), pads, training=False)
+    stage3 = torch.empty(8, 384, 16, 15)
+    assert prefer_fft(stage3, kernel[:1].expand(384, 1, 23, 23), 384, (1, 1), pads)
+    assert not prefer_fft(
+        stage3, kernel[:1].expand(384, 1, 23, 23), 384, (1, 1), pads, training=False
+    )
+    assert prefer_fft(stage3, kernel[:1].expand(384, 1, 23, 23), 384, (1, 1), pads, 0.0, False)
     layer = Dcls2d(4, 4, 3, 5, groups=4)
     layer.conv_impl = "winograd"
     with pytest.raises(ValueError, match="conv_impl must be"):
         layer(torch.randn(1, 4, 8, 8))
+
+
+def test_inference_paths_equal_the_plain_conv_on_nchw_and_channels_last():
+    torch.manual_seed(0)
+    layer = Dcls2d(6, 6, 5, 9, padding=4, groups=6).eval()
+    with torch.no_grad():
+        layer.P.uniform_(-4, 4)
+    x = torch.randn(2, 6, 12, 10)
+    expected = F.conv2d(x, layer.kernel().detach(), layer.bias.detach(), padding=4, groups=6)
+    with torch.no_grad():
+        for impl in ("direct", "fft", "auto"):
+            layer.conv_impl = impl
+            for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+                torch.testing.assert_close(layer(inp), expected, rtol=1e-5, atol=1e-5)
+    # with autograd the layer keeps the input's layout for the direct conv and stays exact
+    layer.conv_impl = "direct"
+    out = layer(x.requires_grad_())
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])

@@ -19,8 +19,11 @@ from torch import Tensor
 __all__ = ["fft_depthwise_conv2d", "prefer_fft"]
 
 # Measured on x86 CPUs: one direct depthwise multiply-add costs about as much as this many
-# "n log2 n" units of a real FFT round trip (forward + backward included on both sides).
+# "n log2 n" units of a real FFT round trip. Training counts forward + backward on both sides
+# (the direct weight gradient of large depthwise kernels is a slow path); inference compares the
+# FFT with the channels_last direct forward (break-even 17-21 on AVX2, docs/benchmarks.md).
 _FFT_COST_FACTOR = 4.0
+_FFT_COST_FACTOR_INFERENCE = 17.0
 
 
 def _fast_size(n: int) -> int:
@@ -43,10 +46,12 @@ def prefer_fft(
     stride: Sequence[int],
     pads: Sequence[Sequence[int]],
     cost_factor: float | None = None,
+    training: bool = True,
 ) -> bool:
     """True when the FFT path applies (CPU, float, depthwise, stride 1) and is estimated cheaper.
 
-    ``cost_factor`` overrides the calibrated direct/FFT cost ratio (0 = whenever it applies).
+    ``training`` selects the calibration (forward + backward, or forward only);
+    ``cost_factor`` overrides it (0 = whenever the path applies).
     """
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
@@ -65,7 +70,8 @@ def prefer_fft(
     nh, nw = _fast_size(h + kh - 1), _fast_size(w + kw - 1)
     direct = out_h * out_w * kh * kw
     fft = nh * nw * math.log2(max(nh * nw, 2))
-    factor = _FFT_COST_FACTOR if cost_factor is None else cost_factor
+    calibrated = _FFT_COST_FACTOR if training else _FFT_COST_FACTOR_INFERENCE
+    factor = calibrated if cost_factor is None else cost_factor
     return direct > factor * fft
 
 

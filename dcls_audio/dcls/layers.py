@@ -10,7 +10,9 @@ Differences from the reference package (``dcls`` 0.1.1), all output-preserving w
 * when the input is so small that some kernel taps can only ever meet zero padding, those taps
   are cropped away and the padding is adjusted: the output grid and values are unchanged;
 * on the CPU, large depthwise 2-D kernels are applied through the FFT when that is estimated to
-  be cheaper (``conv_impl = "auto"``; ``"fft"`` whenever possible, ``"direct"`` never).
+  be cheaper (``conv_impl = "auto"``; ``"fft"`` whenever possible, ``"direct"`` never), with
+  separate calibrations for training and inference; inference runs the direct depthwise
+  convolution in channels_last, PyTorch's fast CPU path for it.
 """
 
 from __future__ import annotations
@@ -248,16 +250,28 @@ class DclsNd(nn.Module):
         kernel = self._cached_kernel(window)
         if self.conv_impl not in ("auto", "fft", "direct"):
             raise ValueError(f"conv_impl must be 'auto', 'fft' or 'direct', got {self.conv_impl!r}")
+        grad = torch.is_grad_enabled() and (x.requires_grad or kernel.requires_grad)
         if self.conv_impl != "direct" and self.ndim == 2:
             cost = 0.0 if self.conv_impl == "fft" else None
-            if prefer_fft(x, kernel, self.groups, self.stride, pads, cost_factor=cost):
+            if prefer_fft(x, kernel, self.groups, self.stride, pads, cost, training=grad):
                 return fft_depthwise_conv2d(x, kernel, self.bias, pads)
+        if not grad and self._cpu_depthwise_2d(x):
+            # oneDNN's depthwise kernels are ~10x faster in channels_last than on NCHW inputs
+            x = x.contiguous(memory_format=torch.channels_last)
         if all(lo == hi for lo, hi in pads):
             padding = tuple(lo for lo, _ in pads)
         else:
             x = F.pad(x, tuple(v for lr in reversed(pads) for v in lr))
             padding = 0
         return type(self)._conv(x, kernel, self.bias, self.stride, padding, 1, self.groups)
+
+    def _cpu_depthwise_2d(self, x: Tensor) -> bool:
+        return (
+            self.ndim == 2
+            and x.dim() == 4
+            and x.device.type == "cpu"
+            and self.groups == self.in_channels == self.out_channels
+        )
 
     def to_conv(self) -> nn.Module:
         """An equivalent plain ``nn.ConvNd`` holding the constructed kernel (for deployment)."""
