@@ -9,28 +9,12 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
+from conftest import atto_dcls_cfgs
 
 from dcls_audio import plot
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_CFG = {
-    "name": "convnext_atto",
-    "timm_name": "convnext_atto",
-    "num_classes": 4,
-    "drop_path_rate": 0.0,
-    "pretrained": None,
-    "in_chans": 1,
-    "stem_kernel": [2, 16],
-}
-CONV_CFG = {
-    "name": "dcls_gauss",
-    "type": "dcls",
-    "kernel_size": 7,
-    "dilated_kernel_size": 23,
-    "kernel_count": 26,
-    "version": "gauss",
-    "share_positions": True,
-}
+MODEL_CFG, CONV_CFG = atto_dcls_cfgs(4)
 
 
 @pytest.fixture(scope="module")

@@ -8,28 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import atto_dcls_cfgs
 
 from dcls_audio import tag
 
 NAMES = ["tone", "noise", "click", "chirp", "hum"]
-MODEL_CFG = {
-    "name": "convnext_atto",
-    "timm_name": "convnext_atto",
-    "num_classes": len(NAMES),
-    "drop_path_rate": 0.0,
-    "pretrained": None,
-    "in_chans": 1,
-    "stem_kernel": [2, 16],
-}
-CONV_CFG = {
-    "name": "dcls_gauss",
-    "type": "dcls",
-    "kernel_size": 7,
-    "dilated_kernel_size": 23,
-    "kernel_count": 26,
-    "version": "gauss",
-    "share_positions": True,
-}
+MODEL_CFG, CONV_CFG = atto_dcls_cfgs(len(NAMES))
 
 
 @pytest.fixture(scope="module")
