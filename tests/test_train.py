@@ -205,6 +205,16 @@ def test_indivisible_batch_fails_before_training(data_root, tmp_path):
     assert not (tmp_path / "last.pt").exists()
 
 
+@pytest.mark.parametrize(
+    "override", ["data.speed_range=[1.5]", "data.speed_range=[1.5,0.5]", "data.speed_p=2"]
+)
+def test_bad_augmentation_config_is_named(data_root, tmp_path, override):
+    cfg = make_cfg(data_root, override)
+    with pytest.raises(ValueError, match=r"data.speed_p=.*data.speed_range=.*expected"):
+        run(cfg, run_dir=tmp_path)
+    assert not (tmp_path / "last.pt").exists()
+
+
 def test_global_batch_larger_than_dataset(data_root, tmp_path):
     cfg = make_cfg(data_root, "trainer.global_batch_size=16")
     with pytest.raises(ValueError, match="exceeds the 8 training clips"):

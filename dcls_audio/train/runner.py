@@ -114,6 +114,21 @@ def run(
         return _train(cfg, env, device, out, train_files, eval_files, accum, wall_start, on_step)
 
 
+def _waveform_augment(data: DictConfig) -> Any:
+    """Training clips' roll + speed perturbation from ``data.speed_p``, ``data.speed_range``."""
+    from dcls_audio.data import WaveformAugment
+
+    speed_p, speed_range = data.get("speed_p", 0.5), data.get("speed_range", (0.5, 1.5))
+    try:
+        low, high = (float(r) for r in speed_range)
+        return WaveformAugment(speed_p=float(speed_p), speed_range=(low, high))
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"data.speed_p={speed_p!r}, data.speed_range={speed_range!r}: expected a probability "
+            f"in [0, 1] and [low, high] rates with 0 < low <= high ({err})"
+        ) from None
+
+
 def _train(
     cfg: DictConfig,
     env: Any,
@@ -126,7 +141,7 @@ def _train(
     on_step: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     """Body of `run` inside the process group."""
-    from dcls_audio.data import AudioSetHDF5, LogMelFrontend, MultiLabelMixup, WaveformAugment
+    from dcls_audio.data import AudioSetHDF5, LogMelFrontend, MultiLabelMixup
     from dcls_audio.models import build_model
     from dcls_audio.train.evaluate import ShardedEvalSampler
 
@@ -145,10 +160,7 @@ def _train(
     changed = _check_resume_config(saved["config"], config, last_path) if saved else []
 
     # Data
-    augment = WaveformAugment(
-        speed_p=float(data.get("speed_p", 0.5)),
-        speed_range=tuple(float(r) for r in data.get("speed_range", (0.5, 1.5))),
-    )
+    augment = _waveform_augment(data)
     train_ds = AudioSetHDF5(
         train_files, int(data.num_classes), train=True, seed=seed, augment=augment
     )
