@@ -365,9 +365,12 @@ def test_inference_paths_equal_the_plain_conv_on_nchw_and_channels_last():
             layer.conv_impl = impl
             for inp in (x, x.contiguous(memory_format=torch.channels_last)):
                 torch.testing.assert_close(layer(inp), expected, rtol=1e-5, atol=1e-5)
+        # the direct inference path runs in channels_last, PyTorch's fast CPU depthwise path
+        layer.conv_impl = "direct"
+        assert layer(x).is_contiguous(memory_format=torch.channels_last)
     # with autograd the layer keeps the input's layout for the direct conv and stays exact
-    layer.conv_impl = "direct"
     out = layer(x.requires_grad_())
+    assert out.is_contiguous() and not out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 

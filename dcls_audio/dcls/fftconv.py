@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fft_depthwise_conv2d", "prefer_fft"]
+__all__ = ["cpu_depthwise_2d", "fft_depthwise_conv2d", "prefer_fft"]
 
 # Measured on x86 CPUs: one direct depthwise multiply-add costs about as much as this many
 # "n log2 n" units of a real FFT round trip. Training counts forward + backward on both sides
@@ -39,6 +39,17 @@ def _fast_size(n: int) -> int:
         m += 1
 
 
+def cpu_depthwise_2d(x: Tensor, kernel: Tensor, groups: int) -> bool:
+    """True for a depthwise 2-D convolution of a CPU input ``x`` ((N,) C, H, W) by ``kernel``."""
+    return (
+        x.device.type == "cpu"
+        and kernel.dim() == 4
+        and x.dim() in (3, 4)
+        and groups == x.shape[-3] == kernel.shape[0]
+        and kernel.shape[1] == 1
+    )
+
+
 def prefer_fft(
     x: Tensor,
     kernel: Tensor,
@@ -53,12 +64,9 @@ def prefer_fft(
     ``training`` selects the calibration (forward + backward, or forward only);
     ``cost_factor`` overrides it (0 = whenever the path applies).
     """
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+    if not cpu_depthwise_2d(x, kernel, groups) or any(s != 1 for s in stride):
         return False
-    if kernel.dim() != 4 or x.dim() not in (3, 4) or any(s != 1 for s in stride):
-        return False
-    channels = x.shape[-3]
-    if not (groups == channels == kernel.shape[0] and kernel.shape[1] == 1):
+    if x.dtype not in (torch.float32, torch.float64):
         return False
     if kernel.dtype != x.dtype or torch.is_autocast_enabled("cpu"):
         return False

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from .construct import check_version, construct_kernel, normalize_size
-from .fftconv import fft_depthwise_conv2d, prefer_fft
+from .fftconv import cpu_depthwise_2d, fft_depthwise_conv2d, prefer_fft
 
 __all__ = ["DclsNd", "Dcls1d", "Dcls2d", "Dcls3d"]
 
@@ -255,7 +255,7 @@ class DclsNd(nn.Module):
             cost = 0.0 if self.conv_impl == "fft" else None
             if prefer_fft(x, kernel, self.groups, self.stride, pads, cost, training=grad):
                 return fft_depthwise_conv2d(x, kernel, self.bias, pads)
-        if not grad and self._cpu_depthwise_2d(x):
+        if not grad and x.dim() == 4 and cpu_depthwise_2d(x, kernel, self.groups):
             # oneDNN's depthwise kernels are ~10x faster in channels_last than on NCHW inputs
             x = x.contiguous(memory_format=torch.channels_last)
         if all(lo == hi for lo, hi in pads):
@@ -264,14 +264,6 @@ class DclsNd(nn.Module):
             x = F.pad(x, tuple(v for lr in reversed(pads) for v in lr))
             padding = 0
         return type(self)._conv(x, kernel, self.bias, self.stride, padding, 1, self.groups)
-
-    def _cpu_depthwise_2d(self, x: Tensor) -> bool:
-        return (
-            self.ndim == 2
-            and x.dim() == 4
-            and x.device.type == "cpu"
-            and self.groups == self.in_channels == self.out_channels
-        )
 
     def to_conv(self) -> nn.Module:
         """An equivalent plain ``nn.ConvNd`` holding the constructed kernel (for deployment)."""
