@@ -6,8 +6,13 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @pytest.fixture(autouse=True)
@@ -17,24 +22,11 @@ def _seed_torch():
     yield
 
 
-def atto_dcls_cfgs(num_classes: int) -> tuple[dict, dict]:
-    """Plain (model, conv) configs of a ConvNeXt-atto with Table 1's DCLS-Gauss layers."""
-    model = {
-        "name": "convnext_atto",
-        "timm_name": "convnext_atto",
-        "num_classes": num_classes,
-        "drop_path_rate": 0.0,
-        "pretrained": None,
-        "in_chans": 1,
-        "stem_kernel": [2, 16],
-    }
-    conv = {
-        "name": "dcls_gauss",
-        "type": "dcls",
-        "kernel_size": 7,
-        "dilated_kernel_size": 23,
-        "kernel_count": 26,
-        "version": "gauss",
-        "share_positions": True,
-    }
-    return model, conv
+def cfgs(model: str, conv: str, num_classes: int = 527, **over) -> tuple[dict, dict]:
+    """The shipped yaml configs, with ``${data.num_classes}`` resolved to ``num_classes``."""
+    root = OmegaConf.create({"data": {"num_classes": num_classes}})
+    root.model = OmegaConf.load(CONFIGS / "model" / f"{model}.yaml")
+    root.conv = OmegaConf.load(CONFIGS / "conv" / f"{conv}.yaml")
+    m = OmegaConf.to_container(root.model, resolve=True)
+    m.update(over)
+    return m, OmegaConf.to_container(root.conv, resolve=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import cfgs
 from omegaconf import OmegaConf
 from timm.layers import LayerNorm2d
 from timm.models.fastvit import RepConditionalPosEnc
@@ -42,16 +43,6 @@ DEPTHS = {
     "convnext_atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
 }
 INPUT = (2, 1, 128, 1001)
-
-
-def cfgs(model: str, conv: str, num_classes: int = 527, **over) -> tuple[dict, dict]:
-    """The shipped yaml configs, with ``${data.num_classes}`` resolved to ``num_classes``."""
-    root = OmegaConf.create({"data": {"num_classes": num_classes}})
-    root.model = OmegaConf.load(ROOT / "configs" / "model" / f"{model}.yaml")
-    root.conv = OmegaConf.load(ROOT / "configs" / "conv" / f"{conv}.yaml")
-    m = OmegaConf.to_container(root.model, resolve=True)
-    m.update(over)
-    return m, OmegaConf.to_container(root.conv, resolve=True)
 
 
 @functools.cache

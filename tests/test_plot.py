@@ -9,12 +9,12 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-from conftest import atto_dcls_cfgs
+from conftest import cfgs
 
 from dcls_audio import plot
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_CFG, CONV_CFG = atto_dcls_cfgs(4)
+MODEL_CFG, CONV_CFG = cfgs("convnext_atto", "dcls_gauss", 4, drop_path_rate=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import atto_dcls_cfgs
+from conftest import cfgs
 
 from dcls_audio import tag
 
 NAMES = ["tone", "noise", "click", "chirp", "hum"]
-MODEL_CFG, CONV_CFG = atto_dcls_cfgs(len(NAMES))
+MODEL_CFG, CONV_CFG = cfgs("convnext_atto", "dcls_gauss", len(NAMES), drop_path_rate=0.0)
 
 
 @pytest.fixture(scope="module")
