@@ -30,7 +30,7 @@ demo:
 	$(BIN)/python scripts/show_results.py $(DEMO_DIR)/results.json
 
 bench:
-	$(BIN)/python scripts/bench_dcls.py --json docs/bench_dcls.json
+	$(BIN)/python -m dcls_audio.benchmarks.kernels --json docs/bench_dcls.json
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dcls_audio import bench
+from dcls_audio.benchmarks import throughput as bench
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"model", "conv", "mode", "device", "dtype", "batch_size", "samples_per_s"}
@@ -75,7 +75,8 @@ def test_benchmark_script_tiny_run(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "benchmark.py"),
+            "-m",
+            "dcls_audio.benchmarks.throughput",
             "--models",
             "convnext_atto",
             "--convs",

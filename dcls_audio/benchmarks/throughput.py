@@ -13,17 +13,21 @@ is fair even on a busy machine.
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from dcls_audio.config import load_group
+
 INPUT_SHAPE = (1, 128, 1001)
 
 #: Paper Table 1 (V100 inference samples/s) and the DCLS-Gauss / DSC ratio it implies.
@@ -33,18 +37,6 @@ PAPER_SAMPLES_PER_S = {
     "fastvit_sa24": {"dsc": 633.6, "dcls_gauss": 551.7},
 }
 PAPER_RATIO = {m: round(v["dcls_gauss"] / v["dsc"], 3) for m, v in PAPER_SAMPLES_PER_S.items()}
-
-
-def load_group(group: str, name: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
-    """Load configs/<group>/<name>.yaml as a plain dict (model num_classes set to 527)."""
-    path = config_dir / group / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
-        raise ValueError(f"unknown {group} '{name}': {path} does not exist (known: {known})")
-    cfg = OmegaConf.load(path)
-    if group == "model":
-        cfg.num_classes = 527  # the yaml interpolates ${data.num_classes}
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -208,6 +200,8 @@ def run_benchmark(
         if v < 1:
             raise ValueError(f"{n} must be >= 1, got {v}")
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the trainer: the input shape is fixed
     if dtypes is None:
         dtypes = ["bf16", "fp32"] if dev.type == "cuda" else ["fp32"]
     if channels_last is None:
@@ -263,3 +257,86 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
             f"{r['batch_size']} | {r['samples_per_s']:.2f} | {ratio} | {paper} |"
         )
     return "\n".join(lines) + "\n"
+
+
+ALL_MODELS = "convnext_t,convformer_s18,fastvit_sa24"
+ALL_CONVS = "dsc,dcls_gauss,dcls_bilinear"
+
+
+def _write(path: str, text: str) -> None:
+    """Write text to a temporary file beside ``path``, then rename it into place."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: measure, print the markdown table, optionally write JSON and markdown."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=ALL_MODELS, help=f"comma-separated (default {ALL_MODELS})")
+    p.add_argument("--convs", default=ALL_CONVS, help=f"comma-separated (default {ALL_CONVS})")
+    p.add_argument("--mode", default="infer", choices=["infer", "train", "both"])
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="samples per batch (default 64 on CUDA, 8 on the CPU)",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["bf16", "fp32"],
+        help="only this dtype (default: bf16 and fp32 on CUDA, fp32 on the CPU)",
+    )
+    p.add_argument(
+        "--channels-last",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="memory format of model and input (auto: channels_last)",
+    )
+    p.add_argument("--iters", type=int, default=5, help="timed batches per repeat")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches per model before timing")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="interleaved repeats per conv; the median is reported",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--json", default=None, help="write the records here")
+    p.add_argument("--markdown", default=None, help="write the markdown table here")
+    args = p.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = resolve_device(args.device)
+    batch = args.batch_size or (64 if dev.type == "cuda" else 8)
+    cl = None if args.channels_last == "auto" else args.channels_last == "on"
+    print(f"device: {device_name(dev)}; input (B, 1, 128, 1001), frontend excluded", flush=True)
+    records = run_benchmark(
+        [m for m in args.models.split(",") if m],
+        [c for c in args.convs.split(",") if c],
+        mode=args.mode,
+        batch_size=batch,
+        device=args.device,
+        iters=args.iters,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        channels_last=cl,
+        dtypes=[args.dtype] if args.dtype else None,
+        log=lambda s: print(s, flush=True),
+    )
+    table = markdown_table(records)
+    print(table)
+    if args.json:
+        _write(args.json, json.dumps(records, indent=2) + "\n")
+    if args.markdown:
+        _write(args.markdown, f"Device: {device_name(dev)}\n\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -54,6 +54,7 @@ def bench_frontend(device: str, batch: int, train: bool, repeats: int) -> tuple[
 
 
 def main() -> None:
+    """CLI: loader and frontend rates, printed and optionally written as JSON."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--file", type=Path, help="existing HDF5 file (default: a generated one)")
     ap.add_argument("--clips", type=int, default=256, help="clips in the generated file")

@@ -1,6 +1,6 @@
 """Benchmark DCLS kernel construction and Dcls2d layers against the reference `dcls` package.
 
-Usage: python scripts/bench_dcls.py [--json PATH] [--repeats N] [--channels 96 192 ...]
+Usage: dcls-audio-bench-kernels [--json PATH] [--repeats N] [--channels 96 192 ...]
 
 Two measurements, both forward + backward, ours versus the `dcls` 0.1.1 package:
 
@@ -37,8 +37,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dcls_audio.dcls import Dcls2d, construct_kernel  # noqa: E402
+from dcls_audio.dcls import Dcls2d, construct_kernel
 
 logging.getLogger().setLevel(logging.ERROR)  # the reference warns about CUDA on every layer
 

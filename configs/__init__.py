@@ -1,0 +1,1 @@
+"""The training configs, also importable as the package ``dcls_audio.configs``."""

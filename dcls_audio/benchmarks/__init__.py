@@ -1,0 +1,1 @@
+"""Benchmarks: model throughput, DCLS kernel and layer timings, data-path rates."""
