@@ -12,7 +12,10 @@ Differences from the reference package (``dcls`` 0.1.1), all output-preserving w
 * on the CPU, large depthwise 2-D kernels are applied through the FFT when that is estimated to
   be cheaper (``conv_impl = "auto"``; ``"fft"`` whenever possible, ``"direct"`` never), with
   separate calibrations for training and inference; inference runs the direct depthwise
-  convolution in channels_last, PyTorch's fast CPU path for it.
+  convolution in channels_last, PyTorch's fast CPU path for it;
+* on CUDA, stride-1 depthwise 2-D layers run through :func:`dwconv.depthwise_conv2d`, which
+  times cuDNN, the FFT and a Triton kernel once per layer shape and keeps the fastest
+  (``conv_impl = "auto"``; ``"fft"`` or ``"triton"`` force one, ``"direct"`` keeps cuDNN).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from .construct import check_version, construct_kernel, normalize_size
+from .dwconv import cuda_depthwise_applies, depthwise_conv2d
 from .fftconv import cpu_depthwise_2d, fft_depthwise_conv2d, prefer_fft
 
 __all__ = ["DclsNd", "Dcls1d", "Dcls2d", "Dcls3d"]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 Window = tuple[tuple[int, int], ...]
+CONV_IMPLS = ("auto", "fft", "direct", "triton")
 
 
 def _positive_int(value, name: str) -> int:
@@ -138,9 +143,10 @@ class DclsNd(nn.Module):
         self.groups = groups
         self.padding_mode = padding_mode
         self.version = version
-        self.crop = True  # crop kernel taps that can only meet zero padding
-        # "auto": FFT for large depthwise 2-D kernels on the CPU when estimated cheaper;
-        # "fft": whenever it applies (CPU, float, depthwise, stride 1); "direct": never.
+        # "auto": FFT for large depthwise 2-D kernels on the CPU when estimated cheaper, the
+        # measured fastest depthwise path on CUDA; "fft": whenever it applies (float, depthwise,
+        # stride 1); "triton": the Triton kernel on CUDA (direct on the CPU); "direct": cuDNN /
+        # PyTorch's own convolution.
         self.conv_impl = "auto"
         self._pads = pads
         self._reversed_padding_repeated_twice = tuple(v for lr in reversed(pads) for v in lr)
@@ -218,10 +224,11 @@ class DclsNd(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def _plan(self, spatial: Sequence[int]) -> tuple[Window | None, tuple[tuple[int, int], ...]]:
-        """Kernel window and per-axis (left, right) padding to use for this input size."""
+        """Kernel window and per-axis (left, right) padding to use for this input size.
+
+        Taps that can only meet zero padding are always cropped away (exact).
+        """
         pads = self._pads if self.padding_mode == "zeros" else ((0, 0),) * self.ndim
-        if not self.crop:
-            return None, pads
         window, new_pads, cropped = [], [], False
         for length, k, (lo, hi), s in zip(
             spatial, self.dilated_kernel_size, pads, self.stride, strict=True
@@ -248,10 +255,13 @@ class DclsNd(nn.Module):
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         window, pads = self._plan(x.shape[-self.ndim :])
         kernel = self._cached_kernel(window)
-        if self.conv_impl not in ("auto", "fft", "direct"):
-            raise ValueError(f"conv_impl must be 'auto', 'fft' or 'direct', got {self.conv_impl!r}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         grad = torch.is_grad_enabled() and (x.requires_grad or kernel.requires_grad)
-        if self.conv_impl != "direct" and self.ndim == 2:
+        if self._on_cuda_path(x, kernel):
+            path = None if self.conv_impl == "auto" else self.conv_impl
+            return depthwise_conv2d(x, kernel, self.bias, pads, training=grad, path=path)
+        if self.conv_impl in ("auto", "fft") and self.ndim == 2:
             cost = 0.0 if self.conv_impl == "fft" else None
             if prefer_fft(x, kernel, self.groups, self.stride, pads, cost, training=grad):
                 return fft_depthwise_conv2d(x, kernel, self.bias, pads)
@@ -264,6 +274,12 @@ class DclsNd(nn.Module):
             x = F.pad(x, tuple(v for lr in reversed(pads) for v in lr))
             padding = 0
         return type(self)._conv(x, kernel, self.bias, self.stride, padding, 1, self.groups)
+
+    def _on_cuda_path(self, x: Tensor, kernel: Tensor) -> bool:
+        if self.ndim != 2 or self.conv_impl == "direct":
+            return False
+        args = (x.shape, kernel.shape, self.groups, self.stride, x.dtype)
+        return cuda_depthwise_applies(x.device.type, *args)
 
     def to_conv(self) -> nn.Module:
         """An equivalent plain ``nn.ConvNd`` holding the constructed kernel (for deployment)."""

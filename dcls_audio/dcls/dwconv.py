@@ -1,0 +1,214 @@
+"""Large-kernel depthwise 2-D convolution on CUDA: path choice and the Triton autograd function.
+
+cuDNN runs a 23 x 23 depthwise convolution, and above all its weight gradient, far below the
+GPU's arithmetic rate (an order of magnitude slower than the 7 x 7 layer it replaces). Three
+exact paths compute the same result: ``"cudnn"`` (``F.conv2d`` on NCHW), ``"fft"`` (float32,
+:func:`fft_depthwise_conv2d`) and ``"triton"`` (:mod:`dcls_audio.dcls.triton_dwconv`). For each
+layer shape (N, C, H, W, kernel, paddings, dtype, training or inference, device) the fastest is
+timed once on first use and cached in :data:`CHOICES`; with ``DCLS_CONV_AUTOTUNE=0`` or while
+capturing a CUDA graph :func:`heuristic_path` decides instead (cuDNN under torch.compile).
+Nothing here runs on the CPU, and Triton is imported only when the Triton path runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .fftconv import fft_depthwise_conv2d
+
+__all__ = [
+    "CHOICES",
+    "PATHS",
+    "choose_path",
+    "cuda_depthwise_applies",
+    "depthwise_conv2d",
+    "heuristic_path",
+    "run_path",
+    "triton_depthwise_conv2d",
+]
+
+PATHS = ("cudnn", "fft", "triton")
+CHOICES: dict[tuple, str] = {}  # layer-shape key -> measured (or heuristic) path
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+Pads = Sequence[Sequence[int]]
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when Triton can be imported (checked once, without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def autotune_enabled() -> bool:
+    """Measure the paths on first use unless ``DCLS_CONV_AUTOTUNE=0``."""
+    return os.environ.get("DCLS_CONV_AUTOTUNE", "1") != "0"
+
+
+def cuda_depthwise_applies(
+    device_type: str, x_shape: Sequence[int], kernel_shape: Sequence[int], groups: int,
+    stride: Sequence[int], dtype: torch.dtype,
+) -> bool:  # fmt: skip
+    """True for a stride-1 depthwise 2-D convolution of a CUDA float tensor ((N,) C, H, W)."""
+    return (
+        device_type == "cuda"
+        and len(x_shape) in (3, 4)
+        and len(kernel_shape) == 4
+        and groups == x_shape[-3] == kernel_shape[0]
+        and kernel_shape[1] == 1
+        and all(s == 1 for s in stride)
+        and dtype in _DTYPES
+    )
+
+
+def heuristic_path(h: int, kh: int, kw: int, training: bool, has_triton: bool) -> str:
+    """Deterministic default: Triton for large kernels, else FFT on tall maps, else cuDNN.
+
+    The FFT/cuDNN split (>= 32 rows in inference, >= 16 in training) was measured on an H200.
+    """
+    if kh * kw < 64:
+        return "cudnn"
+    if has_triton:
+        return "triton"
+    return "fft" if h >= (16 if training else 32) else "cudnn"
+
+
+def _key(x: Tensor, kernel: Tensor, pads: Pads, training: bool) -> tuple:
+    flat = tuple(int(v) for lr in pads for v in lr)
+    return (tuple(x.shape), tuple(kernel.shape[-2:]), flat, x.dtype, training, x.device)
+
+
+def choose_path(
+    x: Tensor, kernel: Tensor, pads: Pads, training: bool,
+    measure: Callable[..., dict[str, float]] | None = None,
+) -> str:  # fmt: skip
+    """The cached path for this layer shape; timed once (``measure``) or the heuristic."""
+    key = _key(x, kernel, pads, training)
+    if key in CHOICES:
+        return CHOICES[key]
+    if torch.compiler.is_compiling():
+        return "cudnn"  # what the compiler traces best; the other paths are eager code
+    capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    kh, kw = kernel.shape[-2:]
+    default = heuristic_path(x.shape[-2], kh, kw, training, triton_available())
+    if capturing or not autotune_enabled():
+        return default  # not cached: a later eager call may still measure
+    times = (measure or measure_paths)(x, kernel, pads, training)
+    CHOICES[key] = min(times, key=times.get) if times else default
+    return CHOICES[key]
+
+
+def _time_ms(fn: Callable[[], object], repeats: int = 3) -> float:
+    fn()  # warm-up (compiles Triton kernels, plans FFTs)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(repeats):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end))
+    return best
+
+
+def measure_paths(x: Tensor, kernel: Tensor, pads: Pads, training: bool) -> dict[str, float]:
+    """Milliseconds per candidate path on random tensors shaped like ``x`` and ``kernel``."""
+    xs = torch.randn(x.shape, device=x.device, dtype=x.dtype).requires_grad_(training)
+    ks = torch.randn(kernel.shape, device=x.device, dtype=x.dtype).requires_grad_(training)
+    times = {}
+    for path in PATHS:
+        if path == "triton" and not triton_available():
+            continue
+        try:
+            times[path] = _time_ms(lambda path=path: _step(path, xs, ks, pads, training))
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory: not a candidate then
+            warnings.warn(f"depthwise path {path!r} left out: {err}", stacklevel=2)
+    return times
+
+
+def _step(path: str, x: Tensor, kernel: Tensor, pads: Pads, training: bool) -> None:
+    with torch.enable_grad() if training else torch.no_grad():
+        y = run_path(path, x, kernel, None, pads)
+        if training:
+            torch.autograd.grad(y, (x, kernel), torch.ones_like(y))
+
+
+def _explicit_pad(x: Tensor, pads: Pads) -> tuple[Tensor, tuple[int, int] | int]:
+    if all(lo == hi for lo, hi in pads):
+        return x, tuple(lo for lo, _ in pads)
+    return F.pad(x, tuple(v for lr in reversed(pads) for v in lr)), 0
+
+
+def run_path(path: str, x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Pads) -> Tensor:
+    """Depthwise ``F.conv2d`` with zero paddings ``pads`` via ``path`` (x, kernel same dtype)."""
+    if path == "cudnn":
+        x = x.contiguous()  # cuDNN's depthwise kernels are slowest in channels_last
+        xp, padding = _explicit_pad(x, pads)
+        return F.conv2d(xp, kernel, bias, 1, padding, 1, kernel.shape[0])
+    if path == "fft":
+        b = None if bias is None else bias.float()
+        return fft_depthwise_conv2d(x.float(), kernel.float(), b, pads).to(x.dtype)
+    if path == "triton":
+        return triton_depthwise_conv2d(x, kernel, bias, pads)
+    raise ValueError(f"unknown depthwise path {path!r}; expected one of {PATHS}")
+
+
+def depthwise_conv2d(
+    x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Pads, training: bool,
+    path: str | None = None,
+) -> Tensor:  # fmt: skip
+    """Depthwise 2-D convolution on CUDA through ``path`` or the chosen one; autocast-aware."""
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+    if dtype not in _DTYPES:
+        dtype = x.dtype
+    x, kernel = x.to(dtype), kernel.to(dtype)
+    bias = None if bias is None else bias.to(dtype)
+    with torch.autocast("cuda", enabled=False):
+        path = path or choose_path(x, kernel, pads, training)
+        return run_path(path, x, kernel, bias, pads)
+
+
+class _TritonDepthwise(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: Tensor, bias: Tensor | None, pads: tuple) -> Tensor:
+        from . import triton_dwconv as tk
+
+        (top, bottom), (left, right) = pads
+        h, w = x.shape[-2:]
+        kh, kw = kernel.shape[-2:]
+        out_hw = (h + top + bottom - kh + 1, w + left + right - kw + 1)
+        ctx.save_for_backward(x, kernel)
+        ctx.has_bias, ctx.pads = bias is not None, (top, left)
+        return tk.dw_forward(x, kernel, bias, top, left, out_hw)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        from . import triton_dwconv as tk
+
+        x, kernel = ctx.saved_tensors
+        top, left = ctx.pads
+        grad = grad.contiguous()
+        gx = gk = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = tk.dw_input_grad(grad, kernel, top, left, tuple(x.shape[-2:]))
+        if ctx.needs_input_grad[1]:
+            gk = tk.dw_weight_grad(x, grad, tuple(kernel.shape[-2:]), top, left).to(kernel.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype)
+        return gx, gk, gb, None
+
+
+def triton_depthwise_conv2d(x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Pads) -> Tensor:
+    """The Triton path: ((N,) C, H, W) input in any layout, (C, 1, kh, kw) kernel, same dtype."""
+    unbatched = x.dim() == 3
+    x4 = (x.unsqueeze(0) if unbatched else x).contiguous()
+    flat = tuple(tuple(int(v) for v in lr) for lr in pads)
+    y = _TritonDepthwise.apply(x4, kernel.contiguous(), bias, flat)
+    return y.squeeze(0) if unbatched else y
