@@ -4,9 +4,10 @@ Differences from the reference package (``dcls`` 0.1.1), all output-preserving w
 
 * kernels are built separably (see :mod:`dcls_audio.dcls.construct`), ~100x cheaper;
 * ``P[d]`` moves along spatial axis ``d`` for every size (the reference swaps axes in 2-D/3-D);
-* in eval mode without autograd the kernel is built once and reused until a parameter changes
-  (tracked through the parameters' version counters, storage, device and dtype) or the module is
-  put back in training mode;
+* in eval mode without autograd, on the CPU, the kernel is built once and reused while the
+  parameters hold exactly the values it was built from (compared with a snapshot on every call,
+  so in-place ``.data`` writes, fused optimizer steps, ``load_state_dict`` and ``.to()`` are all
+  seen); on accelerators it is rebuilt every call (cheap there, and a comparison would sync);
 * when the input is so small that some kernel taps can only ever meet zero padding, those taps
   are cropped away and the padding is adjusted: the output grid and values are unchanged;
 * on the CPU, large depthwise 2-D kernels are applied through the FFT when that is estimated to
@@ -150,7 +151,7 @@ class DclsNd(nn.Module):
         self.conv_impl = "auto"
         self._pads = pads
         self._reversed_padding_repeated_twice = tuple(v for lr in reversed(pads) for v in lr)
-        self._cache: tuple[tuple, Tensor] | None = None
+        self._cache: tuple[Window | None, tuple[Tensor, ...], Tensor] | None = None
 
         kw = {"device": device, "dtype": dtype}
         shape = (out_channels, in_channels // groups, kernel_count)
@@ -202,17 +203,30 @@ class DclsNd(nn.Module):
             self.weight, self.P, self.SIG, self.dilated_kernel_size, self.version, window=window
         )
 
-    def _cache_key(self, window: Window | None) -> tuple:
-        params = [self.weight, self.P] + ([self.SIG] if self.SIG is not None else [])
-        return (window,) + tuple((p._version, p.data_ptr(), p.device, p.dtype) for p in params)
+    def _kernel_params(self) -> list[Tensor]:
+        return [self.weight, self.P] + ([self.SIG] if self.SIG is not None else [])
+
+    def _cache_hit(self, window: Window | None) -> bool:
+        if self._cache is None or self._cache[0] != window:
+            return False
+        # Exact values, not version counters: .data writes and fused optimizers do not bump those.
+        return all(
+            s.device == p.device and s.dtype == p.dtype and s.shape == p.shape and torch.equal(s, p)
+            for s, p in zip(self._cache[1], self._kernel_params(), strict=True)
+        )
 
     def _cached_kernel(self, window: Window | None) -> Tensor:
-        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if (
+            self.training
+            or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or self.weight.device.type != "cpu"
+        ):
             return self.kernel(window)
-        key = self._cache_key(window)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.kernel(window))
-        return self._cache[1]
+        if not self._cache_hit(window):
+            snapshot = tuple(p.detach().clone() for p in self._kernel_params())
+            self._cache = (window, snapshot, self.kernel(window))
+        return self._cache[2]
 
     def train(self, mode: bool = True):
         """Set training mode; always drops the cached eval-mode kernel."""
