@@ -187,7 +187,8 @@ def construct_kernel(
     ``weight`` is (out, in/groups, count); ``P`` and ``SIG`` are (ndim, out, in/groups, count)
     with ``SIG`` ignored (may be None) for ``"bilinear"``. ``window`` optionally restricts the
     result to the half-open index range ``[lo, hi)`` of every axis; the normalisation still uses
-    the full grid, so the result is exactly the corresponding slice of the full kernel.
+    the full grid, so the result is the corresponding slice of the full kernel (up to the
+    summation order the batched matmul uses for the smaller shape, ~1 ulp).
     """
     check_version(version)
     if P.dim() < 1 or P.shape[0] not in (1, 2, 3):
