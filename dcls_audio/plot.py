@@ -1,5 +1,10 @@
 """Figures of what DCLS learned: position densities per stage, constructed kernels, curves.
 
+    dcls-audio-plot outputs/RUN/last.pt [--run-dir outputs/RUN] [--out DIR]
+
+writes positions.png and kernels.png (from the checkpoint; EMA weights unless --raw-weights) and
+curves.png (from metrics.jsonl in the run directory, which defaults to the checkpoint's folder).
+
 The position figure follows the DCLS paper's appendix E (histograms of the kernel positions of
 the 2-D DCLS convolutions of ConvNeXt-T, one panel per stage), drawn for one checkpoint as a 2-D
 density over the dilated-kernel grid plus a histogram per axis.
@@ -7,8 +12,8 @@ density over the dilated-kernel grid plus a histogram per axis.
 
 from __future__ import annotations
 
-import json
-import os
+import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,16 +26,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from dcls_audio.results import METRICS_FILE, atomic_write, read_jsonl  # noqa: E402
+
 AXIS_NAMES = ("height (mel bins)", "width (frames)")
 
 
 def _save(fig: Any, path: Path) -> Path:
-    """Save a figure to a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    """Save a figure as PNG atomically and close it."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -148,19 +152,6 @@ def plot_kernels(model: nn.Module, path: str | Path, channels: int = 4) -> Path:
     return _save(fig, Path(path))
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL log; a malformed line is an error naming the file and line."""
-    records = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({err})") from err
-    return records
-
-
 def _series(
     records: Sequence[dict[str, Any]], x: str, key: str, kind: str | None = None
 ) -> tuple[list, list]:
@@ -197,3 +188,49 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
         axes[2].legend()
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: position, kernel and curve figures of a run's checkpoint."""
+    from dcls_audio.models.checkpoint import load_model
+
+    p = argparse.ArgumentParser(
+        prog="dcls-audio-plot",
+        description="Plot what a DCLS model learned: positions, kernels, training curves.",
+    )
+    p.add_argument("checkpoint", help="a run's last.pt or best.pt")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help=f"run directory holding {METRICS_FILE} (default: the checkpoint's folder)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/plots)")
+    p.add_argument("--channels", type=int, default=4, help="kernels drawn per stage")
+    p.add_argument("--raw-weights", action="store_true", help="plot the raw weights, not EMA")
+    args = p.parse_args(argv)
+
+    ckpt_path = Path(args.checkpoint)
+    run_dir = Path(args.run_dir) if args.run_dir else ckpt_path.parent
+    out = Path(args.out) if args.out else run_dir / "plots"
+    try:
+        loaded = load_model(ckpt_path, prefer_ema=not args.raw_weights)
+        written = [
+            plot_positions(loaded.model, out / "positions.png"),
+            plot_kernels(loaded.model, out / "kernels.png", args.channels),
+        ]
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    log = run_dir / METRICS_FILE
+    if log.is_file():
+        written.append(plot_curves(read_jsonl(log), out / "curves.png"))
+    else:
+        print(f"note: {log} not found; no training curves drawn", file=sys.stderr)
+    print(f"{loaded.weights} weights of {ckpt_path}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

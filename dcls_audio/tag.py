@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m dcls_audio.tag AUDIO... --checkpoint CKPT [--top-k 10] [--json] [--device cpu]
+    dcls-audio-tag AUDIO... --checkpoint CKPT [--top-k 10] [--json] [--device cpu]
 
 Each file is read with soundfile (any format, sample rate and channel count it supports), mixed
 down to mono, resampled to 32 kHz and cut into 10 s windows (hop 10 s; the last window, or a file
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import pickle
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,86 +58,15 @@ class Tagger:
         return torch.cat(out)
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove a wrapper prefix (DDP/EMA `module.`, compile `_orig_mod.`) shared by all keys."""
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict and check it has the keys inference needs."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Training checkpoints also carry RNG states (numpy objects) that the safe loader refuses;
-        # the file is the user's own run output, so fall back to the full unpickler.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"checkpoint {path}: cannot be loaded ({err})") from err
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path}: expected a dict, got {type(ckpt).__name__}")
-    missing = [k for k in ("model", "config") if k not in ckpt]
-    if missing:
-        raise ValueError(
-            f"checkpoint {path}: missing key(s) {missing}; expected a dcls-audio "
-            "checkpoint with 'model', 'ema', 'config', 'class_names'"
-        )
-    for key in ("model", "conv"):
-        if key not in ckpt["config"]:
-            raise ValueError(f"checkpoint {path}: config has no '{key}' section")
-    return ckpt
-
-
-def build_from_checkpoint(ckpt: dict[str, Any], prefer_ema: bool = True) -> tuple[nn.Module, str]:
-    """Build the checkpoint's model (config["model"], config["conv"]) and load its weights.
-
-    Returns the model in eval mode and which weights were loaded ("ema" when present and
-    preferred, else "model").
-    """
-    from dcls_audio.models import build_model
-
-    model_cfg = dict(ckpt["config"]["model"])
-    model_cfg["pretrained"] = None  # weights come from the checkpoint, never from a file
-    model = build_model(model_cfg, dict(ckpt["config"]["conv"]))
-    use_ema = prefer_ema and ckpt.get("ema") is not None
-    which = "ema" if use_ema else "model"
-    model.load_state_dict(_strip_prefixes(ckpt[which]))
-    model.eval()
-    return model, which
-
-
-def class_names_for(ckpt: dict[str, Any], num_classes: int) -> list[str]:
-    """Class display names: the checkpoint's, else the packaged AudioSet list for 527 classes."""
-    names = ckpt.get("class_names")
-    if names:
-        if len(names) != num_classes:
-            raise ValueError(f"checkpoint has {len(names)} class_names for {num_classes} outputs")
-        return [str(n) for n in names]
-    if num_classes == 527:
-        from dcls_audio.data import load_class_labels
-
-        return load_class_labels(None)
-    return [f"class {i}" for i in range(num_classes)]
-
-
 def load_tagger(checkpoint: str | Path, device: str = "cpu", prefer_ema: bool = True) -> Tagger:
     """Build a ready-to-use Tagger from a checkpoint file."""
     from dcls_audio.data import LogMelFrontend
+    from dcls_audio.models.checkpoint import load_model
 
-    ckpt = load_checkpoint(checkpoint)
-    model, which = build_from_checkpoint(ckpt, prefer_ema=prefer_ema)
+    loaded = load_model(checkpoint, prefer_ema=prefer_ema, device=device)
     dev = torch.device(device)
-    model.to(dev)
     frontend = LogMelFrontend().to(dev).eval()
-    with torch.inference_mode():
-        num_classes = model(torch.zeros(1, 1, 128, 1001, device=dev)).shape[-1]
-    names = class_names_for(ckpt, int(num_classes))
-    return Tagger(model, frontend, names, dev, which)
+    return Tagger(loaded.model, frontend, loaded.class_names, dev, loaded.weights)
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -226,7 +154,7 @@ def format_result(result: dict[str, Any]) -> str:
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m dcls_audio.tag",
+        prog="dcls-audio-tag",
         description="Tag audio files with a dcls-audio checkpoint: top-k labels, probabilities.",
     )
     p.add_argument("audio", nargs="+", help="audio files (any format, rate, channel count)")

@@ -1,4 +1,4 @@
-"""Shared pytest set-up: quiet, offline, deterministic CPU runs."""
+"""Shared pytest set-up: quiet, offline, deterministic CPU runs; shipped configs; tiny data."""
 
 import os
 
@@ -10,9 +10,21 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from dcls_audio.config import compose_config, load_group  # noqa: E402
+from dcls_audio.data.synthetic import make_synthetic  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The real train config shrunk to a CPU run: ConvNeXt-atto with small DCLS kernels.
+TINY_RUN = (
+    "data=synthetic",
+    "data.num_workers=0",
+    "model=convnext_atto",
+    "trainer.device=cpu",
+    "trainer.log_every=1",
+    "wandb.mode=disabled",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -23,10 +35,33 @@ def _seed_torch():
 
 
 def cfgs(model: str, conv: str, num_classes: int = 527, **over) -> tuple[dict, dict]:
-    """The shipped yaml configs, with ``${data.num_classes}`` resolved to ``num_classes``."""
-    root = OmegaConf.create({"data": {"num_classes": num_classes}})
-    root.model = OmegaConf.load(CONFIGS / "model" / f"{model}.yaml")
-    root.conv = OmegaConf.load(CONFIGS / "conv" / f"{conv}.yaml")
-    m = OmegaConf.to_container(root.model, resolve=True)
+    """The shipped model and conv configs (model ``num_classes`` resolved), model keys updated."""
+    m = load_group("model", model, overrides=[f"data.num_classes={num_classes}"])
     m.update(over)
-    return m, OmegaConf.to_container(root.conv, resolve=True)
+    return m, load_group("conv", conv)
+
+
+def tiny_overrides(data_root, *overrides, conv: str = "dcls_gauss") -> list[str]:
+    """`TINY_RUN` on the synthetic set at ``data_root`` (DCLS: 5x5 kernels of 3), ``overrides``."""
+    small = ("conv.dilated_kernel_size=5", "conv.kernel_count=3") if conv != "dsc" else ()
+    return [*TINY_RUN, f"conv={conv}", *small, f"data.root={data_root}", *overrides]
+
+
+def train_cfg(data_root, *overrides, conv: str = "dcls_gauss"):
+    """The composed training config of a tiny CPU run (see `TINY_RUN`)."""
+    return compose_config(tiny_overrides(data_root, *overrides, conv=conv))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """``synthetic_root(n_train)``: a synthetic set with n_train + 5 eval clips (made once)."""
+    made = {}
+
+    def make(n_train: int) -> Path:
+        if n_train not in made:
+            root = tmp_path_factory.mktemp(f"synthetic{n_train}")
+            make_synthetic(root, n_train=n_train, n_eval=5, seed=0)
+            made[n_train] = root
+        return made[n_train]
+
+    return make

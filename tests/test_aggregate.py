@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dcls_audio.train.aggregate import (
+from dcls_audio.aggregate import (
     find_results,
     load_groups,
     main,
@@ -13,8 +13,6 @@ from dcls_audio.train.aggregate import (
     render_markdown,
     summarize,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def write_run(
@@ -170,7 +168,7 @@ def test_errors(tmp_path: Path, capsys):
 
 def test_script_runs(runs: Path):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "aggregate.py"), str(runs)],
+        [sys.executable, "-m", "dcls_audio.aggregate", str(runs)],
         capture_output=True,
         text=True,
         check=True,

@@ -4,10 +4,10 @@ import inspect
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+import yaml
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,9 +32,12 @@ PAPER = {
     "model.stem_kernel": [2, 16],
     "model.pretrained": None,
     "data.num_classes": 527,
-    "data.mixup": True,
-    "data.mixup_alpha": 0.8,
-    "data.label_smoothing": 0.1,
+    "augment.speed_p": 0.5,
+    "augment.speed_range": [0.5, 1.5],
+    "augment.erase_p": 0.25,
+    "augment.mixup": True,
+    "augment.mixup_alpha": 0.8,
+    "augment.label_smoothing": 0.1,
 }
 # experiment -> (model.name, timm model, conv.name, optimizer, per-device batch)
 ROWS = {
@@ -54,13 +57,12 @@ DCLS_GAUSS = {
     "share_positions": True,
 }
 MODEL_KEYS = {"name", "timm_name", "num_classes", "drop_path_rate", "pretrained", "in_chans"}
-CONV_KEYS = {"name", "type", "kernel_size", "dilated_kernel_size", "kernel_count", "version"}
 
 
 @pytest.fixture(scope="module")
 def hydra_ctx():
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3", job_name="test"):
+    with initialize_config_module("dcls_audio.configs", version_base="1.3", job_name="test"):
         yield
     GlobalHydra.instance().clear()
 
@@ -71,17 +73,9 @@ def _get(cfg: DictConfig, dotted: str):
 
 
 def _experiment(name: str, *extra: str, hydra_cfg: bool = False) -> DictConfig:
-    """Compose `experiment=table1/<name>`; `+experiment=` only while train.yaml lacks the group
-    (test_plain_experiment_override reports that case on its own)."""
-    for form in ("experiment", "+experiment"):
-        try:
-            return compose(
-                "train", overrides=[f"{form}=table1/{name}", *extra], return_hydra_config=hydra_cfg
-            )
-        except ConfigCompositionException:
-            if form == "+experiment":
-                raise
-    raise AssertionError("unreachable")
+    """Compose ``experiment=table1/<name>`` with extra overrides."""
+    overrides = [f"experiment=table1/{name}", *extra]
+    return compose("train", overrides=overrides, return_hydra_config=hydra_cfg)
 
 
 def test_plain_experiment_override(hydra_ctx):
@@ -164,7 +158,7 @@ def test_every_model_and_conv_composes(hydra_ctx):
             cfg = compose("train", overrides=[f"model={model}", f"conv={conv}", "data=synthetic"])
             OmegaConf.resolve(cfg)
             assert cfg.model.name == model and cfg.conv.name == conv
-            assert MODEL_KEYS <= set(cfg.model) and CONV_KEYS <= set(cfg.conv)
+            assert MODEL_KEYS <= set(cfg.model) and {"name", "type"} <= set(cfg.conv)
             assert cfg.model.num_classes == cfg.data.num_classes == 16
 
 
@@ -230,14 +224,40 @@ def test_slurm_launcher_parameters_make_a_valid_sbatch_script(hydra_ctx, monkeyp
     assert executor._executor.max_num_timeout == cfg.hydra.launcher.max_num_timeout
 
 
-@pytest.mark.parametrize(
-    "name", sorted(p.stem for p in (CONFIGS / "experiment" / "table1").glob("*.yaml"))
-)
-def test_table1_augmentation_equals_paper(hydra_ctx, name):
-    cfg = _experiment(name)
-    assert _get(cfg, "data.speed_p") == 0.5 and _get(cfg, "data.speed_range") == [0.5, 1.5]
-    assert _get(cfg, "data.erase_p") == 0.25 and _get(cfg, "data.mixup") is True
-    assert _get(cfg, "model.timm_kwargs") == {}  # timm's own model definitions, as the paper
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_table1_files_hold_only_what_differs_from_the_defaults(name):
+    """A row names its groups; only ConvFormer's per-device batch differs from the defaults."""
+    doc = yaml.safe_load((CONFIGS / "experiment" / "table1" / f"{name}.yaml").read_text())
+    extra = {"trainer": {"batch_size": 64}} if name.startswith("convformer") else {}
+    assert {k: v for k, v in doc.items() if k != "defaults"} == extra
+    assert all(next(iter(d)).startswith("override /") for d in doc["defaults"])
+
+
+def test_group_keys_are_the_model_builders_keys():
+    """Every model/conv config holds exactly the keys build_model reads (no code defaults)."""
+    from dcls_audio.models import CONV_KEYS, MODEL_KEYS
+
+    for name in _names("model"):
+        assert set(yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())) == set(
+            MODEL_KEYS
+        ), name
+    for name in _names("conv"):
+        doc = yaml.safe_load((CONFIGS / "conv" / f"{name}.yaml").read_text())
+        assert set(doc) == set(CONV_KEYS[doc["type"]]), name
+    assert _names("augment") == ["none", "paper"]
+    keys = {
+        n: set(yaml.safe_load((CONFIGS / "augment" / f"{n}.yaml").read_text()))
+        for n in ("none", "paper")
+    }
+    assert keys["none"] == keys["paper"]
+
+
+def test_a_key_missing_from_the_config_is_an_error_not_a_default(hydra_ctx):
+    from dcls_audio.models import build_model
+
+    cfg = compose("train", overrides=["model=convnext_atto", "conv=dsc", "~model.drop_path_rate"])
+    with pytest.raises(ValueError, match=r"model config: missing key\(s\) \['drop_path_rate'\]"):
+        build_model(cfg.model, cfg.conv)
 
 
 def test_demo_config_builds_a_small_dcls_convnext(hydra_ctx):

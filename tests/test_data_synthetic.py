@@ -104,7 +104,8 @@ def test_make_synthetic_script(tmp_path):
     r = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "make_synthetic.py"),
+            "-m",
+            "dcls_audio.data.synthetic",
             "--out",
             str(tmp_path),
             "--train",

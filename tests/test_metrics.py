@@ -6,7 +6,8 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from dcls_audio.train.metrics import compute_metrics, to_json_safe
+from dcls_audio.results import jsonable
+from dcls_audio.train.metrics import compute_metrics
 
 
 def _ap_by_hand(y: np.ndarray, s: np.ndarray) -> float:
@@ -104,7 +105,7 @@ def test_bad_input_is_rejected(scores, targets, match):
 
 def test_json_safe_is_strict_json():
     m = compute_metrics(np.array([[0.2, 0.1], [0.3, 0.5]]), np.array([[1, 0], [0, 0]]))
-    text = json.dumps(to_json_safe(m), allow_nan=False)
+    text = json.dumps(jsonable(m), allow_nan=False)
     back = json.loads(text)
     assert back["per_class_ap"][1] is None
     assert back["mauc"] == 0.0

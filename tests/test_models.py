@@ -21,6 +21,7 @@ from torch import nn
 
 from dcls_audio.dcls import Dcls2d, DclsNd, replace_depthwise
 from dcls_audio.models import MODEL_NAMES, build_model, list_models, reparameterize
+from dcls_audio.models.stem import model_family, stem_conv_name
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ("convnext_t", "convformer_s18", "fastvit_sa24")
@@ -66,12 +67,8 @@ def depthwise7(model: nn.Module) -> list[str]:
     ]
 
 
-def stem_conv(model: nn.Module, name: str) -> nn.Module:
-    if name.startswith("convnext"):
-        return model.stem[0]
-    if name == "convformer_s18":
-        return model.stem.conv
-    return model.stem
+def stem_conv(model: nn.Module) -> nn.Module:
+    return model.get_submodule(stem_conv_name(model_family(model)))
 
 
 # ---------------------------------------------------------------- forward + backward
@@ -146,15 +143,16 @@ def test_fastvit_swaps_mlp_convs_and_the_positional_encoding():
 @pytest.mark.parametrize("conv", CONVS)
 def test_audio_stem(model, conv):
     net = meta_model(model, conv)
-    stem = stem_conv(net, model)
+    stem = stem_conv(net)
     assert type(stem) is nn.Conv2d
     assert stem.in_channels == 1 and stem.out_channels == STEM_WIDTH[model]
     assert stem.kernel_size == (2, 16) and stem.stride == (2, 16) and stem.padding == (0, 0)
     assert not any(isinstance(m, DclsNd) for m in net.stem.modules())
     if model.startswith("convnext"):
-        assert len(net.stem) == 2 and type(net.stem[1]) is LayerNorm2d
+        assert len(net.stem) == 2 and type(net.stem[1]) is LayerNorm2d and net.stem[0] is stem
     elif model == "convformer_s18":
         assert type(net.stem.norm) is LayerNorm2dNoBias and net.stem.norm.bias is None
+        assert net.stem.conv is stem
     else:  # FastViT: the MobileOne stem is gone, the conv is the whole stem
         assert net.stem is stem
 
@@ -163,7 +161,7 @@ def test_audio_stem(model, conv):
 def test_stem_output_and_init(model):
     torch.manual_seed(0)
     net = build_model(*cfgs(model, "dsc"))
-    stem = stem_conv(net, model)
+    stem = stem_conv(net)
     x = torch.randn(2, 1, 128, 1001)
     assert net.stem(x).shape == (2, STEM_WIDTH[model], 64, 62)
     w = stem.weight.detach()
@@ -281,7 +279,7 @@ def test_dictconfig_input_and_drop_path():
     ],
 )
 def test_bad_config_errors(model_over, conv_over, match):
-    m, c = cfgs("convnext_atto", "dsc")
+    m, c = cfgs("convnext_atto", "dcls_gauss" if conv_over.get("type") == "dcls" else "dsc")
     m.update(model_over)
     c.update(conv_over)
     with pytest.raises((ValueError, TypeError), match=match), torch.device("meta"):
@@ -409,7 +407,7 @@ def test_pretrained_loads_matching_weights(tmp_path, model, timm_name, stem, cla
     report = net.build_info["pretrained"]
     _check_loaded(net, src, report, stem, classifier)
     assert report.swapped == []
-    assert type(stem_conv(net, model)) is nn.Conv2d and stem_conv(net, model).in_channels == 1
+    assert type(stem_conv(net)) is nn.Conv2d and stem_conv(net).in_channels == 1
 
 
 def test_pretrained_then_dcls_reports_unused_depthwise_weights(atto_checkpoint):

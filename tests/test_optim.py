@@ -7,18 +7,11 @@ import torch
 from timm.optim import Lamb
 from torch import nn
 
+from dcls_audio.config import load_group
 from dcls_audio.dcls import Dcls2d, DclsNd
 from dcls_audio.train.optim import build_optimizer, build_scheduler, param_groups, scaled_lr
 
-ADAMW = {
-    "name": "adamw",
-    "lr": 4e-3,
-    "lr_ref_batch": 4096,
-    "weight_decay": 0.05,
-    "dcls_lr_scale": 5.0,
-    "betas": [0.9, 0.999],
-    "eps": 1e-8,
-}
+ADAMW = load_group("optim", "adamw")
 
 
 class Block(nn.Module):
@@ -74,32 +67,12 @@ def test_param_groups_membership():
 
 
 def test_param_groups_on_a_real_dcls_model():
-    from omegaconf import OmegaConf
+    from conftest import cfgs
 
     from dcls_audio.models import build_model
 
-    model_cfg = OmegaConf.create(
-        {
-            "name": "convnext_atto",
-            "timm_name": "convnext_atto",
-            "num_classes": 16,
-            "drop_path_rate": 0.0,
-            "pretrained": None,
-            "in_chans": 1,
-            "stem_kernel": [2, 16],
-        }
-    )
-    conv_cfg = OmegaConf.create(
-        {
-            "name": "dcls_gauss",
-            "type": "dcls",
-            "kernel_size": 7,
-            "dilated_kernel_size": 5,
-            "kernel_count": 3,
-            "version": "gauss",
-            "share_positions": True,
-        }
-    )
+    model_cfg, conv_cfg = cfgs("convnext_atto", "dcls_gauss", 16, drop_path_rate=0.0)
+    conv_cfg.update(dilated_kernel_size=5, kernel_count=3)
     model = build_model(model_cfg, conv_cfg)
     groups = {g["name"]: g for g in param_groups(model, 0.05, 5.0)}
     unique_positions = {

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -12,8 +11,8 @@ import torch
 from conftest import cfgs
 
 from dcls_audio import plot
+from dcls_audio.results import read_jsonl
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL_CFG, CONV_CFG = cfgs("convnext_atto", "dcls_gauss", 4, drop_path_rate=0.0)
 
 
@@ -67,7 +66,7 @@ def test_curves_from_handwritten_log(tmp_path):
     lines += [{"type": "eval", "step": 10 * e, "epoch": e, "map": 0.2 + 0.2 * e} for e in (1, 2, 3)]
     lines += [{"type": "epoch", "step": 10 * e, "epoch": e, "loss": 9.0} for e in (1, 2, 3)]
     log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    recs = plot.read_jsonl(log)
+    recs = read_jsonl(log)
     assert plot._series(recs, "epoch", "map", "eval") == ([1, 2, 3], [0.4, pytest.approx(0.6), 0.8])
     xs, ys = plot._series(recs, "step", "loss", "train")
     assert xs == list(range(30)) and 9.0 not in ys  # epoch means are not mixed into the curve
@@ -75,7 +74,7 @@ def test_curves_from_handwritten_log(tmp_path):
     assert mpimg.imread(out).ndim == 3
     (tmp_path / "bad.jsonl").write_text('{"step": 1}\n{oops\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
-        plot.read_jsonl(tmp_path / "bad.jsonl")
+        read_jsonl(tmp_path / "bad.jsonl")
 
 
 def test_plot_script_writes_pngs(tmp_path, model):
@@ -100,7 +99,8 @@ def test_plot_script_writes_pngs(tmp_path, model):
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "plot_dcls.py"),
+            "-m",
+            "dcls_audio.plot",
             str(run / "last.pt"),
             "--out",
             str(tmp_path / "plots"),

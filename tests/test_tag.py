@@ -11,6 +11,7 @@ import torch
 from conftest import cfgs
 
 from dcls_audio import tag
+from dcls_audio.models.checkpoint import class_names_for
 
 NAMES = ["tone", "noise", "click", "chirp", "hum"]
 MODEL_CFG, CONV_CFG = cfgs("convnext_atto", "dcls_gauss", len(NAMES), drop_path_rate=0.0)
@@ -157,8 +158,8 @@ def test_cli_json_module_entry_point(ckpt, audio):
 
 
 def test_audioset_names_fallback_for_527_outputs():
-    names = tag.class_names_for({}, 527)
+    names = class_names_for({}, 527)
     assert len(names) == 527 and names[0] == "Speech"
-    assert tag.class_names_for({"class_names": ["a", "b"]}, 2) == ["a", "b"]
+    assert class_names_for({"class_names": ["a", "b"]}, 2) == ["a", "b"]
     with pytest.raises(ValueError, match="class_names"):
-        tag.class_names_for({"class_names": ["a"]}, 2)
+        class_names_for({"class_names": ["a"]}, 2)

@@ -26,17 +26,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from dcls_audio.aggregate import PAPER_TABLE1
 from dcls_audio.config import load_group
 
 INPUT_SHAPE = (1, 128, 1001)
 
-#: Paper Table 1 (V100 inference samples/s) and the DCLS-Gauss / DSC ratio it implies.
-PAPER_SAMPLES_PER_S = {
-    "convnext_t": {"dsc": 591.4, "dcls_gauss": 509.4},
-    "convformer_s18": {"dsc": 513.3, "dcls_gauss": 396.8},
-    "fastvit_sa24": {"dsc": 633.6, "dcls_gauss": 551.7},
+#: DCLS-Gauss / DSC inference samples/s of paper Table 1 (one V100), per model.
+PAPER_RATIO = {
+    model: round(
+        PAPER_TABLE1[(model, "dcls_gauss")]["sps"] / PAPER_TABLE1[(model, "dsc")]["sps"], 3
+    )
+    for model, conv in PAPER_TABLE1
+    if conv == "dsc"
 }
-PAPER_RATIO = {m: round(v["dcls_gauss"] / v["dsc"], 3) for m, v in PAPER_SAMPLES_PER_S.items()}
 
 
 def resolve_device(device: str) -> torch.device:

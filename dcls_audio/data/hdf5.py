@@ -104,7 +104,7 @@ class AudioSetHDF5(Dataset):
         self.train = bool(train)
         self.seed = int(seed)
         self.epoch = 0
-        file_idx, rows, names, targets = [], [], [], []
+        file_idx, rows, targets = [], [], []
         self.skipped_per_file: dict[str, int] = {}
         for i, path in enumerate(self.files):
             audio_name = validate_file(path, self.num_classes)
@@ -112,11 +112,9 @@ class AudioSetHDF5(Dataset):
             self.skipped_per_file[str(path)] = len(audio_name) - len(usable)
             file_idx.append(np.full(len(usable), i, dtype=np.int32))
             rows.append(usable.astype(np.int64))
-            names.append(audio_name[usable])
             targets.append(read_packed_targets(path, usable))
         self._file_idx = np.concatenate(file_idx)
         self._rows = np.concatenate(rows)
-        self.audio_names = np.concatenate(names)
         self._targets = np.concatenate(targets)  # (rows, ceil(C / 8)) uint8, bit-packed
         self.num_skipped = sum(self.skipped_per_file.values())
         if self.num_skipped:

@@ -15,12 +15,14 @@ are listed in ``<out>.report.json``. The partial file is renamed to ``<out>`` at
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
 import multiprocessing as mp
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from dcls_audio.results import write_json
 
 from .labels import read_class_index
 from .waveform import CLIP_SAMPLES, SAMPLE_RATE, float_to_int16, pad_or_truncate
@@ -228,10 +232,7 @@ def pack(
         f.attrs["rows_done"] = names.shape[0]
     finally:
         f.close()
-    report_path = out.with_name(out.name + ".report.json")
-    tmp = report_path.with_name(report_path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(report_path)
+    write_json(out.with_name(out.name + ".report.json"), report)
     partial.replace(out)
     log.info(
         "%s: %d clips written, %d missing, %d unreadable",
@@ -241,3 +242,36 @@ def pack(
         len(report["unreadable"]),
     )
     return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``dcls-audio-pack audioset --audio-dir DIR --segments CSV --out FILE.h5``."""
+    ap = argparse.ArgumentParser(
+        prog="dcls-audio-pack", description="Pack labelled audio into PANNs-layout HDF5 files."
+    )
+    sub = ap.add_subparsers(dest="mode", required=True)
+    aset = sub.add_parser(
+        "audioset", help="audio files + an AudioSet segments CSV (resumable)", description=__doc__
+    )
+    aset.add_argument("--audio-dir", required=True, help="folder with wav/flac/ogg/mp3 files")
+    aset.add_argument("--segments", required=True, help="AudioSet segments CSV")
+    aset.add_argument("--out", required=True, help="output HDF5 file")
+    aset.add_argument(
+        "--labels",
+        default=None,
+        help="class_labels_indices.csv (default: the packaged AudioSet 527 classes)",
+    )
+    aset.add_argument("--workers", type=int, default=1, help="decoding processes")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        report = pack(args.audio_dir, args.segments, args.out, args.labels, args.workers)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: (len(v) if isinstance(v, list) else v) for k, v in report.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,14 +33,6 @@ def float_to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(y, -32768, 32767).astype(np.int16)
 
 
-def int16_to_float(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """int16 PCM -> float32 in [-1, 1) (divides by 32768)."""
-    if out is None:
-        out = np.empty(raw.shape, dtype=np.float32)
-    np.multiply(raw, INT16_SCALE, out=out)
-    return out
-
-
 def roll_to_float(raw: np.ndarray, shift: int, out: np.ndarray | None = None) -> np.ndarray:
     """``np.roll(raw, shift) / 32768`` as float32 in one pass (no intermediate copy)."""
     n = len(raw)

@@ -3,10 +3,19 @@
 from .pretrained import PretrainedReport, load_pretrained
 from .reparam import reparameterize
 from .stem import model_family, replace_stem
-from .zoo import CONV_TYPES, MODEL_NAMES, MODEL_SPECS, ModelSpec, build_model, list_models
+from .zoo import (
+    CONV_KEYS,
+    MODEL_KEYS,
+    MODEL_NAMES,
+    MODEL_SPECS,
+    ModelSpec,
+    build_model,
+    list_models,
+)
 
 __all__ = [
-    "CONV_TYPES",
+    "CONV_KEYS",
+    "MODEL_KEYS",
     "MODEL_NAMES",
     "MODEL_SPECS",
     "ModelSpec",

@@ -8,7 +8,7 @@ their depthwise 7x7 convolutions kept (DSC) or replaced by DCLS layers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,29 +42,34 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     )
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_SPECS)
-CONV_TYPES: tuple[str, ...] = ("dsc", "dcls")
 DCLS_VERSIONS: tuple[str, ...] = ("gauss", "bilinear")
 
-_MODEL_DEFAULTS: dict[str, Any] = {
-    "timm_name": None,
-    "num_classes": 527,
-    "drop_path_rate": 0.4,
-    "pretrained": None,
-    "in_chans": 1,
-    "stem_kernel": (2, 16),
-    "timm_kwargs": {},
+# The keys of configs/model/*.yaml and configs/conv/*.yaml: the configs are the one source of
+# their values (dcls_audio.config.load_group gives them to library callers).
+MODEL_KEYS = (
+    "name",
+    "timm_name",
+    "num_classes",
+    "drop_path_rate",
+    "pretrained",
+    "in_chans",
+    "stem_kernel",
+    "timm_kwargs",
+)
+CONV_KEYS = {
+    "dsc": ("name", "type", "kernel_size"),
+    "dcls": (
+        "name",
+        "type",
+        "kernel_size",
+        "dilated_kernel_size",
+        "kernel_count",
+        "version",
+        "share_positions",
+    ),
 }
 # set by build_model itself; not accepted in model.timm_kwargs
 _RESERVED_TIMM_KWARGS = ("pretrained", "num_classes", "in_chans", "drop_path_rate")
-_CONV_DEFAULTS: dict[str, Any] = {
-    "name": None,
-    "type": "dsc",
-    "kernel_size": 7,
-    "dilated_kernel_size": 23,
-    "kernel_count": 26,
-    "version": "gauss",
-    "share_positions": True,
-}
 
 
 def list_models() -> list[str]:
@@ -72,19 +77,21 @@ def list_models() -> list[str]:
     return list(MODEL_NAMES)
 
 
-def _plain(cfg: Any, what: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Config (DictConfig, mapping or None) → plain dict with defaults; unknown keys are errors."""
-    if cfg is None:
-        cfg = {}
+def _plain(cfg: Any, what: str, keys: Sequence[str]) -> dict[str, Any]:
+    """Config (DictConfig or mapping) -> plain dict with exactly ``keys``; else a named error."""
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(cfg, Mapping):
         raise TypeError(f"{what} config must be a mapping, got {type(cfg).__name__}")
-    allowed = set(defaults) | {"name"}
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise ValueError(f"{what} config: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    return {**defaults, **cfg}
+    missing = [k for k in keys if k not in cfg]
+    unknown = sorted(set(cfg) - set(keys))
+    if missing or unknown:
+        raise ValueError(
+            f"{what} config: missing key(s) {missing}, unknown key(s) {unknown}; expected "
+            f"{list(keys)} (start from configs/{what}/*.yaml, e.g. "
+            f"dcls_audio.config.load_group('{what}', NAME))"
+        )
+    return dict(cfg)
 
 
 def _check_int(cfg: Mapping[str, Any], key: str, what: str, minimum: int) -> int:
@@ -94,18 +101,22 @@ def _check_int(cfg: Mapping[str, Any], key: str, what: str, minimum: int) -> int
     return value
 
 
-def build_model(model_cfg: Any, conv_cfg: Any = None) -> nn.Module:
+def build_model(model_cfg: Any, conv_cfg: Any) -> nn.Module:
     """Build a zoo model for (N, in_chans, 128, 1001) spectrograms → (N, num_classes) logits.
 
     ``model_cfg`` keys: name, timm_name, num_classes, drop_path_rate, pretrained, in_chans,
     stem_kernel, timm_kwargs (extra keyword arguments of the timm constructor, e.g.
     ``ls_init_value`` of ConvNeXt). ``conv_cfg`` keys: name, type (dsc|dcls), kernel_size,
-    dilated_kernel_size, kernel_count, version (gauss|bilinear), share_positions; None means DSC.
+    dilated_kernel_size, kernel_count, version (gauss|bilinear), share_positions (the DCLS keys
+    only for type dcls).
     The returned model carries ``build_info`` (dict: name, conv, swapped layer names,
     pretrained report or None).
     """
-    mcfg = _plain(model_cfg, "model", _MODEL_DEFAULTS)
-    ccfg = _plain(conv_cfg, "conv", _CONV_DEFAULTS)
+    mcfg = _plain(model_cfg, "model", MODEL_KEYS)
+    conv_type = conv_cfg.get("type") if isinstance(conv_cfg, Mapping) else None
+    if conv_type not in CONV_KEYS:
+        raise ValueError(f"conv.type={conv_type!r}; expected one of {list(CONV_KEYS)}")
+    ccfg = _plain(conv_cfg, "conv", CONV_KEYS[conv_type])
     name = mcfg.get("name")
     if name not in MODEL_SPECS:
         raise ValueError(
@@ -122,8 +133,6 @@ def build_model(model_cfg: Any, conv_cfg: Any = None) -> nn.Module:
         raise ValueError(f"model.drop_path_rate must be a number in [0, 1), got {drop_path!r}")
     if not 0.0 <= drop_path < 1.0:
         raise ValueError(f"model.drop_path_rate must be in [0, 1), got {drop_path}")
-    if ccfg["type"] not in CONV_TYPES:
-        raise ValueError(f"conv.type={ccfg['type']!r}; expected one of {list(CONV_TYPES)}")
 
     extra = mcfg["timm_kwargs"] or {}
     if not isinstance(extra, Mapping):
@@ -161,7 +170,7 @@ def build_model(model_cfg: Any, conv_cfg: Any = None) -> nn.Module:
     model.build_info = {
         "name": name,
         "timm_name": timm_name,
-        "conv": ccfg.get("name") or ccfg["type"],
+        "conv": ccfg["name"],
         "swapped": swapped,
         "pretrained": report,
     }

@@ -1,44 +1,61 @@
-"""Checkpoints (``last.pt`` every epoch, ``best.pt`` by mAP), written atomically, and RNG state.
+"""Training checkpoints: ``last.pt`` every epoch, ``best.pt`` by mAP, and resuming from them.
 
 Files hold only tensors and plain Python containers, so they load with ``weights_only=True``.
+The resume reader is strict: a damaged file, a file of another trainer or a run with an
+incompatible configuration stops the run with a named error instead of starting over.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from dcls_audio.results import atomic_write
 
 LAST = "last.pt"
 BEST = "best.pt"
-REQUIRED_KEYS = ("model", "ema", "optimizer", "scheduler", "epoch", "step", "config")
+REQUIRED_KEYS = (
+    "model",
+    "ema",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "step",
+    "steps_per_epoch",
+    "config",
+)
+BEST_KEYS = ("model", "ema", "config", "class_names", "epoch", "step", "best_map")
+# Keys whose change makes an existing last.pt unusable for the run being started.
+RESUME_KEYS = ("model", "conv", "optim", "data.num_classes", "trainer.global_batch_size")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be used to resume."""
 
 
+@dataclass
+class RunState:
+    """Progress of a run, saved in every checkpoint and restored on resume."""
+
+    epoch: int = 0
+    step: int = 0
+    best_map: float = float("-inf")
+    train_time_s: float = 0.0
+    train_samples: int = 0
+    wall_time_s: float = 0.0
+    last_eval: dict[str, Any] | None = field(default=None)
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; others read results
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -59,6 +76,102 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"Delete/move {path} to train from scratch."
         )
     return ckpt
+
+
+def _select(cfg: dict, dotted: str) -> Any:
+    """``cfg['a']['b']`` for ``'a.b'`` (None when absent)."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def read_resume(path: Path, config: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    """The last.pt to resume from (None when absent) and the compatible config keys it changes.
+
+    Raises `CheckpointError` for a damaged file or one written with an incompatible config.
+    """
+    if not path.exists():
+        return None, []
+    saved = load_checkpoint(path)
+    bad = [k for k in RESUME_KEYS if _select(saved["config"], k) != _select(config, k)]
+    if bad:
+        raise CheckpointError(
+            f"{path} was written with a different {', '.join(bad)} than this run; resume with "
+            "the same configuration or choose a new run directory (hydra.run.dir=...)"
+        )
+    changed = [k for k in ("seed", "data", "trainer") if saved["config"].get(k) != config.get(k)]
+    return saved, changed
+
+
+def restore(
+    saved: dict[str, Any],
+    path: Path,
+    *,
+    model: nn.Module,
+    ema: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    steps_per_epoch: int,
+    total_steps: int,
+    rank: int,
+    world_size: int,
+) -> RunState:
+    """Load a last.pt into the run's objects and RNGs; return the saved `RunState`."""
+    if saved["steps_per_epoch"] != steps_per_epoch:
+        raise CheckpointError(
+            f"{path} has {saved['steps_per_epoch']} optimizer steps per epoch but this "
+            f"run has {steps_per_epoch} (different data or batch size); use a new run dir"
+        )
+    state = RunState(**{k: saved[k] for k in asdict(RunState()) if k in saved})
+    if state.step != state.epoch * steps_per_epoch and state.step < total_steps:
+        raise CheckpointError(
+            f"{path} stopped inside epoch {state.epoch} at trainer.max_steps={state.step}; it "
+            "cannot be extended. Start a new run directory."
+        )
+    model.load_state_dict(saved["model"])
+    if ema is not None:
+        ema.load_state_dict(saved["ema"] if saved["ema"] is not None else saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rngs = saved.get("rng") or []
+    if len(rngs) == world_size:
+        restore_rng_state(rngs[rank])
+    return state
+
+
+def snapshot(
+    *,
+    model: nn.Module,
+    ema: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: RunState,
+    rngs: list[dict[str, Any]],
+    steps_per_epoch: int,
+    config: dict[str, Any],
+    class_names: list[str],
+) -> dict[str, Any]:
+    """The contents of last.pt: weights, optimizer, schedule, every rank's RNGs, progress."""
+    return {
+        "model": model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rngs,
+        "steps_per_epoch": steps_per_epoch,
+        "config": config,
+        "class_names": class_names,
+        **asdict(state),
+    }
+
+
+def save(run_dir: Path, snap: dict[str, Any], best_metrics: dict[str, Any] | None) -> None:
+    """Write last.pt, and best.pt (weights, config and ``best_metrics``) when given."""
+    if best_metrics is not None:
+        best = {k: snap[k] for k in BEST_KEYS}
+        atomic_torch_save({**best, "metrics": best_metrics}, run_dir / BEST)
+    atomic_torch_save(snap, run_dir / LAST)
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
+from dcls_audio.results import METRICS_FILE, jsonable
+
 WANDB_MODES = ("disabled", "offline", "online")
 
 
@@ -28,19 +29,6 @@ def format_duration(seconds: float) -> str:
     h, rem = divmod(rem, 3600)
     m, s = divmod(rem, 60)
     return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h}:{m:02d}:{s:02d}"
-
-
-def jsonable(value: Any) -> Any:
-    """Floats that JSON can hold (NaN/inf become null), recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return jsonable(value.item())
-    return value
 
 
 class RunLogger:

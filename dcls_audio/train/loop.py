@@ -1,4 +1,10 @@
-"""One training epoch (accumulation, DDP no_sync, autocast, clamp, EMA, schedule) and evaluation."""
+"""The training loop: epochs (train, evaluate, checkpoint) and the optimizer step.
+
+`fit` runs the epochs; `train_epoch` runs one epoch's optimizer steps, each over
+``accum_steps`` micro-batches (DDP gradient sync only on the last), followed by the
+position clamp, the EMA update and the per-iteration schedule. Every random draw of an epoch
+comes from (seed, epoch, rank), so a run resumed from an epoch boundary replays it exactly.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,27 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
 
 from dcls_audio.dcls import clamp_dcls
-from dcls_audio.train.distributed import all_reduce_mean, maybe_no_sync
+from dcls_audio.train import checkpoint as ckpt
+from dcls_audio.train.distributed import (
+    all_gather_object,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    maybe_no_sync,
+)
+from dcls_audio.train.evaluate import predict
 from dcls_audio.train.log import RunLogger
+from dcls_audio.train.metrics import compute_metrics
 
 
 class ModelEma(ModelEmaV3):
@@ -28,7 +45,7 @@ class ModelEma(ModelEmaV3):
     """
 
     @torch.no_grad()
-    def apply_update_(self, model: torch.nn.Module, decay: float) -> None:
+    def apply_update_(self, model: nn.Module, decay: float) -> None:
         """EMA step over unique parameters and buffers (non-float buffers are copied)."""
         ema_ts = [*self.module.parameters(), *self.module.buffers()]
         model_ts = [*model.parameters(), *model.buffers()]
@@ -91,147 +108,240 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-@dataclass
-class TrainContext:
-    """Everything an epoch needs; ``model`` is unwrapped, ``ddp_model`` may be DDP-wrapped."""
-
-    model: torch.nn.Module
-    ddp_model: torch.nn.Module
-    frontend: torch.nn.Module
-    mixup: Callable
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    ema: ModelEma | None
-    loader: torch.utils.data.DataLoader
-    sampler: torch.utils.data.DistributedSampler
-    device: torch.device
-    accum_steps: int
-    steps_per_epoch: int
-    epochs: int
-    seed: int
-    rank: int
-    global_batch_size: int
-    amp: bool = False
-    clamp_positions: bool = True
-    max_steps: int | None = None
-    log_every: int = 50
-    logger: RunLogger | None = None
-    on_step: Callable[[int], None] | None = None
-    criterion: torch.nn.Module = field(default_factory=torch.nn.BCEWithLogitsLoss)
-
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps the whole run will take."""
-        total = self.epochs * self.steps_per_epoch
-        return min(total, self.max_steps) if self.max_steps else total
-
-
-def train_one_epoch(ctx: TrainContext, epoch: int, step: int) -> tuple[int, dict[str, float]]:
-    """Train one epoch from optimizer step ``step``; returns the new step and epoch statistics.
-
-    Stops early when ``ctx.max_steps`` is reached. Incomplete accumulation groups at the end of
-    the loader are skipped so that every optimizer step sees exactly the global batch.
-    """
-    ctx.model.train()
-    ctx.frontend.train()
-    mix_gen, erase_gen = seed_epoch(ctx.seed, epoch, ctx.rank)
-    ctx.sampler.set_epoch(epoch)
-    dataset = ctx.loader.dataset
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
-    n_steps = ctx.steps_per_epoch
-    if ctx.max_steps:
-        n_steps = max(0, min(n_steps, ctx.max_steps - step))
-    micro_batches = iter(ctx.loader)
-    loss_sum = torch.zeros((), device=ctx.device)
-    window_loss = torch.zeros((), device=ctx.device)
-    window_count, samples, start = 0, 0, time.perf_counter()
-    window_start = start
-    for _ in range(n_steps):
-        for micro in range(ctx.accum_steps):
-            waveform, target = next(micro_batches)
-            waveform = waveform.to(ctx.device, non_blocking=True)
-            target = target.to(ctx.device, non_blocking=True)
-            with torch.no_grad():
-                spec = ctx.frontend(waveform, generator=erase_gen)
-            spec, target = ctx.mixup(spec, target, generator=mix_gen)
-            with maybe_no_sync(ctx.ddp_model, sync=micro == ctx.accum_steps - 1):
-                with autocast(ctx.device, ctx.amp):
-                    logits = ctx.ddp_model(spec)
-                loss = ctx.criterion(logits.float(), target.float())
-                (loss / ctx.accum_steps).backward()
-            window_loss += loss.detach() / ctx.accum_steps
-        ctx.optimizer.step()
-        ctx.optimizer.zero_grad(set_to_none=True)
-        if ctx.clamp_positions:
-            clamp_dcls(ctx.model)
-        step += 1
-        if ctx.ema is not None:
-            ctx.ema.update(ctx.model, step=step)
-        ctx.scheduler.step_update(num_updates=step)
-        samples += ctx.global_batch_size
-        window_count += 1
-        if ctx.on_step is not None:
-            ctx.on_step(step)
-        if window_count == ctx.log_every or step == ctx.total_steps:
-            _log_window(ctx, epoch, step, window_loss, window_count, window_start, start, samples)
-            loss_sum += window_loss
-            window_loss = torch.zeros((), device=ctx.device)
-            window_count, window_start = 0, time.perf_counter()
-    if window_count:
-        loss_sum += window_loss
-    elapsed = time.perf_counter() - start
-    mean_loss = all_reduce_mean(loss_sum.item() / max(1, n_steps), ctx.device)
-    return step, {"loss": mean_loss, "train_time_s": elapsed, "samples": samples, "steps": n_steps}
-
-
-def _log_window(
-    ctx: TrainContext,
+def train_epoch(
+    model: nn.Module,
+    ddp_model: nn.Module,
+    loader: DataLoader,
+    sampler: DistributedSampler,
+    frontend: nn.Module,
+    mixup: Callable,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    ema: ModelEma | None,
+    *,
     epoch: int,
     step: int,
-    window_loss: torch.Tensor,
-    window_count: int,
-    window_start: float,
-    epoch_start: float,
-    samples: int,
-) -> None:
-    """Console line and JSONL entry for the last ``window_count`` optimizer steps."""
-    loss = all_reduce_mean(window_loss.item() / window_count, ctx.device)
-    if ctx.logger is None or not ctx.logger.active:
-        return
-    now = time.perf_counter()
-    rate = window_count * ctx.global_batch_size / max(now - window_start, 1e-9)
-    per_step = (now - epoch_start) / max(1, samples // ctx.global_batch_size)
-    eta = per_step * (ctx.total_steps - step)
-    base_groups = [g for g in ctx.optimizer.param_groups if "lr_scale" not in g]
-    lr = (base_groups or ctx.optimizer.param_groups)[0]["lr"]
-    ctx.logger.train_progress(epoch, ctx.epochs, step, ctx.total_steps, loss, lr, rate, eta)
-    ctx.logger.record(
-        "train", {"epoch": epoch, "loss": loss, "lr": lr, "samples_per_s": rate}, step=step
-    )
+    n_steps: int,
+    accum_steps: int,
+    seed: int,
+    rank: int,
+    device: torch.device,
+    amp: bool,
+    clamp_positions: bool,
+    on_step: Callable[[int, torch.Tensor], None],
+) -> int:
+    """Run ``n_steps`` optimizer steps of ``epoch`` from step ``step``; return the new step.
+
+    ``model`` is the bare model, ``ddp_model`` the one to call (DDP-wrapped or the same);
+    ``on_step(step, loss)`` receives each step's loss (a device tensor, not synchronised).
+    """
+    model.train()
+    frontend.train()
+    mix_gen, erase_gen = seed_epoch(seed, epoch, rank)
+    sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+    micro_batches = iter(loader)
+    for _ in range(n_steps):
+        step_loss = torch.zeros((), device=device)
+        for micro in range(accum_steps):
+            waveform, target = next(micro_batches)
+            waveform = waveform.to(device, non_blocking=True)
+            target = target.to(device, non_blocking=True)
+            with torch.no_grad():
+                spec = frontend(waveform, generator=erase_gen)
+            spec, target = mixup(spec, target, generator=mix_gen)
+            with maybe_no_sync(ddp_model, sync=micro == accum_steps - 1):
+                with autocast(device, amp):
+                    logits = ddp_model(spec)
+                loss = criterion(logits.float(), target.float())
+                (loss / accum_steps).backward()
+            step_loss += loss.detach() / accum_steps
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if clamp_positions:
+            clamp_dcls(model)
+        step += 1
+        if ema is not None:
+            ema.update(model, step=step)
+        scheduler.step_update(num_updates=step)
+        on_step(step, step_loss)
+    return step
 
 
 def evaluate(
-    model: torch.nn.Module,
-    frontend: torch.nn.Module,
-    loader: torch.utils.data.DataLoader,
+    model: nn.Module,
+    ema: ModelEma | None,
+    frontend: nn.Module,
+    loader: DataLoader,
     device: torch.device,
     amp: bool,
     main: bool,
 ) -> dict[str, Any] | None:
-    """mAP, mAUC, d' and per-class AP of ``model`` over the eval loader (on the main rank).
+    """mAP, mAUC, d', per-class AP (and ``*_ema`` of the EMA weights) on the main rank.
 
-    Every rank takes part in the gather; metrics are computed on the main rank only (None
-    elsewhere). The model is left in eval mode; `train_one_epoch` switches it back.
+    Every rank takes part in the gathers; other ranks get None.
     """
-    from dcls_audio.train.evaluate import predict
-    from dcls_audio.train.metrics import compute_metrics
-
-    scores, targets = predict(
-        model, frontend, loader, device, amp_dtype=torch.bfloat16 if amp else None
-    )
-    if not main:
-        return None
-    metrics = compute_metrics(scores, targets)
-    metrics["num_eval_clips"] = int(scores.shape[0])
+    metrics: dict[str, Any] | None = None
+    amp_dtype = torch.bfloat16 if amp else None
+    for weights, suffix in ((model, ""), (ema.module if ema else None, "_ema")):
+        if weights is None:
+            continue
+        scores, targets = predict(weights, frontend, loader, device, amp_dtype=amp_dtype)
+        if main:
+            found = compute_metrics(scores, targets)
+            found["num_eval_clips"] = int(scores.shape[0])
+            metrics = {**(metrics or {}), **{f"{k}{suffix}": v for k, v in found.items()}}
     return metrics
+
+
+class StepLog:
+    """Windowed training-progress lines and JSONL entries (loss, lr, samples/s, ETA)."""
+
+    def __init__(
+        self,
+        logger: RunLogger,
+        optimizer: torch.optim.Optimizer,
+        *,
+        every: int,
+        epochs: int,
+        total_steps: int,
+        global_batch_size: int,
+        device: torch.device,
+    ) -> None:
+        self.logger, self.optimizer, self.every = logger, optimizer, every
+        self.epochs, self.total_steps, self.batch = epochs, total_steps, global_batch_size
+        self.device = device
+        self.epoch = 0
+        self.start(0)
+
+    def start(self, epoch: int) -> None:
+        """Begin an epoch: reset the window and the epoch's loss sum."""
+        self.epoch, self.epoch_steps = epoch, 0
+        self.epoch_loss = torch.zeros((), device=self.device)
+        self.window_loss = torch.zeros((), device=self.device)
+        self.window_steps = 0
+        self.epoch_start = self.window_start = time.perf_counter()
+
+    def __call__(self, step: int, loss: torch.Tensor) -> None:
+        """Account one optimizer step; write a line every ``every`` steps and at the end."""
+        self.window_loss += loss
+        self.window_steps += 1
+        self.epoch_steps += 1
+        if self.window_steps == self.every or step == self.total_steps:
+            self._flush(step)
+
+    def _flush(self, step: int) -> None:
+        loss = all_reduce_mean(self.window_loss.item() / self.window_steps, self.device)
+        now = time.perf_counter()
+        rate = self.window_steps * self.batch / max(now - self.window_start, 1e-9)
+        eta = (now - self.epoch_start) / self.epoch_steps * (self.total_steps - step)
+        base_groups = [g for g in self.optimizer.param_groups if "lr_scale" not in g]
+        lr = (base_groups or self.optimizer.param_groups)[0]["lr"]
+        self.logger.train_progress(
+            self.epoch, self.epochs, step, self.total_steps, loss, lr, rate, eta
+        )
+        entry = {"epoch": self.epoch, "loss": loss, "lr": lr, "samples_per_s": rate}
+        self.logger.record("train", entry, step=step)
+        self.epoch_loss += self.window_loss
+        self.window_loss = torch.zeros((), device=self.device)
+        self.window_steps, self.window_start = 0, time.perf_counter()
+
+    def end(self) -> dict[str, float]:
+        """Epoch statistics: mean loss over ranks, time, samples, steps."""
+        self.epoch_loss += self.window_loss
+        elapsed = time.perf_counter() - self.epoch_start
+        loss = all_reduce_mean(self.epoch_loss.item() / max(1, self.epoch_steps), self.device)
+        steps = self.epoch_steps
+        return {
+            "loss": loss,
+            "train_time_s": elapsed,
+            "samples": steps * self.batch,
+            "steps": steps,
+        }
+
+
+def fit(
+    model: nn.Module,
+    ddp_model: nn.Module,
+    ema: ModelEma | None,
+    loaders: Any,
+    frontend: nn.Module,
+    mixup: Callable,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: ckpt.RunState,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    total_steps: int,
+    accum_steps: int,
+    eval_every: int,
+    seed: int,
+    rank: int,
+    main: bool,
+    device: torch.device,
+    amp: bool,
+    clamp_positions: bool,
+    step_log: StepLog,
+    logger: RunLogger,
+    run_dir: Path,
+    config: dict[str, Any],
+    class_names: list[str],
+    session_start: float,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any] | None:
+    """Train until ``total_steps``, evaluating and saving last.pt/best.pt after each epoch.
+
+    Returns the metrics of the final weights on the main rank (None elsewhere).
+    """
+
+    def step_hook(step: int, loss: torch.Tensor) -> None:
+        step_log(step, loss)
+        if on_step is not None:
+            on_step(step)
+
+    while state.epoch < epochs and state.step < total_steps:
+        epoch = state.epoch
+        step_log.start(epoch)
+        n_steps = min(steps_per_epoch, total_steps - state.step)
+        state.step = train_epoch(
+            model, ddp_model, loaders.train, loaders.sampler, frontend, mixup, criterion,
+            optimizer, scheduler, ema, epoch=epoch, step=state.step, n_steps=n_steps,
+            accum_steps=accum_steps, seed=seed, rank=rank, device=device, amp=amp,
+            clamp_positions=clamp_positions, on_step=step_hook,
+        )  # fmt: skip
+        stats = step_log.end()
+        state.epoch = epoch + 1
+        state.train_time_s += stats["train_time_s"]
+        state.train_samples += stats["samples"]
+        logger.record("epoch", {"epoch": epoch, **stats}, step=state.step)
+        finished = state.epoch >= epochs or state.step >= total_steps
+        best = None
+        if finished or (eval_every > 0 and state.epoch % eval_every == 0):
+            metrics = evaluate(model, ema, frontend, loaders.eval, device, amp, main)
+            if main:
+                state.last_eval = {"step": state.step, "metrics": metrics}
+                logger.eval_report(epoch, state.step, metrics)
+                if metrics["map"] > state.best_map:  # False for NaN
+                    state.best_map, best = float(metrics["map"]), metrics
+        rngs = all_gather_object(ckpt.capture_rng_state())  # collective: every rank
+        if main:
+            wall = state.wall_time_s + time.time() - session_start
+            snap = ckpt.snapshot(
+                model=model, ema=ema.module if ema else None, optimizer=optimizer,
+                scheduler=scheduler, state=state, rngs=rngs, steps_per_epoch=steps_per_epoch,
+                config=config, class_names=class_names,
+            )  # fmt: skip
+            snap["wall_time_s"] = wall
+            ckpt.save(run_dir, snap, best)
+        barrier()
+
+    # the final metrics: those of the last evaluation if it saw the final weights
+    final = state.last_eval["metrics"] if main and state.last_eval else None
+    if main and state.last_eval and state.last_eval["step"] != state.step:
+        final = None
+    if not broadcast_object(final is not None):
+        final = evaluate(model, ema, frontend, loaders.eval, device, amp, main)
+    return final

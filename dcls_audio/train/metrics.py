@@ -77,17 +77,3 @@ def compute_metrics(scores: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
         "num_classes_scored": len(scored),
         "num_classes_auc": len(aucs),
     }
-
-
-def to_json_safe(value: Any) -> Any:
-    """Recursively replace NaN/inf floats by None so the result is strict JSON."""
-    if isinstance(value, dict):
-        return {k: to_json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

@@ -58,16 +58,14 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW or timm's Lamb over `param_groups`, lr scaled to ``global_batch_size``."""
     name = str(optim_cfg["name"]).lower()
-    lr = scaled_lr(optim_cfg["lr"], global_batch_size, optim_cfg.get("lr_ref_batch", 4096))
-    groups = param_groups(
-        model, optim_cfg.get("weight_decay", 0.05), optim_cfg.get("dcls_lr_scale", 5.0)
-    )
-    betas = tuple(float(b) for b in optim_cfg.get("betas", (0.9, 0.999)))
-    eps = float(optim_cfg.get("eps", 1e-8))
+    lr = scaled_lr(optim_cfg["lr"], global_batch_size, optim_cfg["lr_ref_batch"])
+    groups = param_groups(model, optim_cfg["weight_decay"], optim_cfg["dcls_lr_scale"])
+    betas = tuple(float(b) for b in optim_cfg["betas"])
+    eps = float(optim_cfg["eps"])
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
     if name == "lamb":
-        max_norm = optim_cfg.get("max_grad_norm", 1.0)
+        max_norm = optim_cfg["max_grad_norm"]
         return Lamb(
             groups,
             lr=lr,

@@ -9,11 +9,8 @@ reported with a warning (a copied or re-run directory would otherwise go unnotic
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import tempfile
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dcls_audio.results import RESULTS_FILE, metric_value, read_results, write_json, write_text
 
 # Paper Table 1: (model, conv) -> label, params (M, 1000-class heads), mAP (%) mean, std,
 # single-V100 inference samples/s.
@@ -80,30 +79,22 @@ def find_results(run_dirs: list[str | Path]) -> list[Path]:
         if p.is_file():
             found.append(p)
         else:
-            found.extend(sorted(p.rglob("results.json")))
+            found.extend(sorted(p.rglob(RESULTS_FILE)))
     if not found:
         raise FileNotFoundError(
-            "no results.json found under "
+            f"no {RESULTS_FILE} found under "
             + ", ".join(str(d) for d in run_dirs)
             + " (a run writes it in its Hydra run directory when training ends)"
         )
     return sorted(set(found))
 
 
-def _number(value: Any) -> float:
-    """A metric value as float; None (NaN written as strict JSON) becomes NaN."""
-    return math.nan if value is None else float(value)
-
-
 def load_groups(paths: list[Path]) -> dict[tuple[str, str], Group]:
     """Read results files and group them by (config.model.name, config.conv.name)."""
     groups: dict[tuple[str, str], Group] = {}
     for path in paths:
-        try:
-            res = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot read results file ({e})") from e
-        cfg = res.get("config")
+        res = read_results(path)
+        cfg = res["config"]
         try:
             key = (str(cfg["model"]["name"]), str(cfg["conv"]["name"]))
         except (TypeError, KeyError) as e:
@@ -122,7 +113,7 @@ def load_groups(paths: list[Path]) -> dict[tuple[str, str], Group]:
             g.classes.add(int(data["num_classes"]))
         for k in METRICS:
             if k in res:
-                g.values[k].append(_number(res[k]))
+                g.values[k].append(metric_value(res[k]))
     for g in groups.values():
         counts: dict[Any, list[Path]] = defaultdict(list)
         for seed, path in zip(g.seeds, g.paths, strict=True):
@@ -225,23 +216,11 @@ def render_markdown(groups: dict[tuple[str, str], Group]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI: aggregate RUNS_DIR... into a markdown Table 1 (stdout and --out), --json summary."""
     parser = argparse.ArgumentParser(
-        description="Aggregate results.json files (mean ± std over seeds) into Table 1."
+        prog="dcls-audio-aggregate",
+        description="Aggregate results.json files (mean ± std over seeds) into Table 1.",
     )
     parser.add_argument("runs", nargs="+", help="run or sweep directories, searched recursively")
     parser.add_argument("--out", type=Path, help="also write the markdown table to this file")
@@ -255,11 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     table = render_markdown(groups)
     sys.stdout.write(table)
     if args.out:
-        _write_atomic(args.out, table)
+        write_text(args.out, table)
     if args.json:
-        # imported here: the metrics module pulls in scipy/sklearn, slow for a plain table
-        from dcls_audio.train.metrics import to_json_safe
-
-        summary = json.dumps(to_json_safe(summarize(groups)), indent=2, default=str)
-        _write_atomic(args.json, summary + "\n")
+        write_json(args.json, summarize(groups))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

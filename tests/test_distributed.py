@@ -4,49 +4,33 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import ROOT, tiny_overrides
 
-from dcls_audio.data.synthetic import make_synthetic
+from dcls_audio.config import compose_config
 from dcls_audio.train import run
 from dcls_audio.train.distributed import DistEnv, first_slurm_host, resolve_env
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = str(ROOT / "configs")
 
 
 def overrides(data_root):
     # No mixup, erasing or drop path: per-rank random draws would differ from one process.
-    return [
-        "data=synthetic",
-        f"data.root={data_root}",
-        "data.num_workers=0",
-        "data.mixup=false",
-        "data.erase_p=0",
-        "model=convnext_atto",
+    return tiny_overrides(
+        data_root,
+        "augment=none",
         "model.drop_path_rate=0",
-        "conv=dcls_gauss",
-        "conv.dilated_kernel_size=5",
-        "conv.kernel_count=3",
-        "trainer.device=cpu",
         "trainer.batch_size=1",
         "trainer.global_batch_size=4",
         "trainer.epochs=1",
         "trainer.warmup_epochs=0",
-        "trainer.log_every=1",
         "optim.lr_ref_batch=4",
-        "wandb.mode=disabled",
-    ]
+    )
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic(root, n_train=4, n_eval=5, seed=0)
-    return root
+def data_root(synthetic_root):
+    return synthetic_root(4)
 
 
 @pytest.mark.slow
@@ -69,9 +53,7 @@ def test_two_process_gloo_run_matches_one_process(data_root, tmp_path):
     for key in ("map", "mauc", "dprime", "per_class_ap", "params", "config", "commit"):
         assert key in ddp
 
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose("train", overrides=overrides(data_root))
-    single = run(cfg, run_dir=tmp_path / "single")
+    single = run(compose_config(overrides(data_root)), run_dir=tmp_path / "single")
 
     a = torch.load(ddp_dir / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "single" / "last.pt", weights_only=True)

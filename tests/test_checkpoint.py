@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import train_cfg
 
-from dcls_audio.data.synthetic import make_synthetic
 from dcls_audio.train import run
 from dcls_audio.train.checkpoint import (
     CheckpointError,
@@ -19,34 +18,16 @@ from dcls_audio.train.checkpoint import (
     restore_rng_state,
 )
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
-
-def make_cfg(data_root, *overrides):
-    base = [
-        "data=synthetic",
-        f"data.root={data_root}",
-        "data.num_workers=0",
-        "model=convnext_atto",
-        "conv=dcls_gauss",
-        "conv.dilated_kernel_size=5",
-        "conv.kernel_count=3",
-        "trainer.device=cpu",
-        "trainer.batch_size=2",
-        "trainer.global_batch_size=2",
-        "trainer.log_every=1",
-        "optim.lr_ref_batch=2",
-        "wandb.mode=disabled",
-    ]
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        return compose("train", overrides=base + list(overrides))
+def make_cfg(data_root, *overrides, conv="dcls_gauss"):
+    """The tiny run: batch 2, no accumulation."""
+    base = ("trainer.batch_size=2", "trainer.global_batch_size=2", "optim.lr_ref_batch=2")
+    return train_cfg(data_root, *base, *overrides, conv=conv)
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic(root, n_train=4, n_eval=5, seed=0)
-    return root
+def data_root(synthetic_root):
+    return synthetic_root(4)
 
 
 class Killed(Exception):
@@ -145,7 +126,7 @@ def test_foreign_checkpoint_is_reported(tmp_path):
 def test_resume_with_a_different_model_is_refused(data_root, tmp_path):
     cfg = make_cfg(data_root, "trainer.max_steps=1", "trainer.max_eval_samples=1")
     run(cfg, run_dir=tmp_path)
-    other = make_cfg(data_root, "trainer.max_steps=1", "conv=dsc")
+    other = make_cfg(data_root, "trainer.max_steps=1", conv="dsc")
     with pytest.raises(CheckpointError, match="different conv"):
         run(other, run_dir=tmp_path)
 

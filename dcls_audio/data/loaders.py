@@ -1,0 +1,141 @@
+"""From the ``data``/``augment`` configs to data files, class names, augmentation and loaders."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from .frontend import LogMelFrontend
+from .hdf5 import AudioSetHDF5
+from .labels import load_class_labels
+from .mixup import MultiLabelMixup
+from .waveform import WaveformAugment
+
+
+def absolute_path(path: str) -> str:
+    """Path relative to the launch directory (Hydra's original cwd when available)."""
+    try:
+        from hydra.utils import to_absolute_path
+
+        return to_absolute_path(path)
+    except ValueError:  # Hydra not initialised (e.g. compose() in tests)
+        return os.path.abspath(path)
+
+
+def resolve_data_files(data_cfg: Any, key: str) -> list[str]:
+    """Absolute paths of ``data.<key>`` (globs expanded); a missing file says how to make it."""
+    entries = data_cfg[key]
+    if entries is None or isinstance(entries, str) or len(entries) == 0:
+        raise ValueError(f"data.{key} must be a non-empty list of HDF5 paths, got {entries!r}")
+    files: list[str] = []
+    for entry in entries:
+        path = absolute_path(str(entry))
+        matches = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            target = path.replace("*", "")
+            raise FileNotFoundError(
+                f"data.{key}: {entry} ({path}) does not exist. For a quick run, create the "
+                f"synthetic set with `dcls-audio-synthetic --out {Path(path).parent}` and train "
+                "with `data=synthetic`. For AudioSet, pack each split into the PANNs HDF5 layout, "
+                "e.g. `dcls-audio-pack audioset --audio-dir <clips> --segments "
+                f"<split>_segments.csv --out {target}`, or set data.root / data.{key}=[...] to "
+                "existing files."
+            )
+        files.extend(matches)
+    return files
+
+
+def class_names(data_cfg: Any) -> list[str]:
+    """Class display names from data.labels_file (null = packaged AudioSet list)."""
+    labels_file = data_cfg.labels_file
+    names = load_class_labels(absolute_path(str(labels_file)) if labels_file else None)
+    if len(names) != int(data_cfg.num_classes):
+        raise ValueError(
+            f"data.labels_file={labels_file} lists {len(names)} classes but "
+            f"data.num_classes={data_cfg.num_classes}"
+        )
+    return names
+
+
+def waveform_augment(aug_cfg: Any) -> WaveformAugment:
+    """Training clips' roll + speed perturbation from ``augment.speed_p``/``speed_range``."""
+    speed_p, speed_range = aug_cfg.speed_p, aug_cfg.speed_range
+    try:
+        low, high = (float(r) for r in speed_range)
+        return WaveformAugment(speed_p=float(speed_p), speed_range=(low, high))
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"augment.speed_p={speed_p!r}, augment.speed_range={speed_range!r}: expected a "
+            f"probability in [0, 1] and [low, high] rates with 0 < low <= high ({err})"
+        ) from None
+
+
+def batch_augment(aug_cfg: Any, device: torch.device) -> tuple[LogMelFrontend, MultiLabelMixup]:
+    """The per-batch part of the recipe: log-mel frontend with random erasing, and mixup."""
+    frontend = LogMelFrontend(erase_p=float(aug_cfg.erase_p)).to(device)
+    mixup = MultiLabelMixup(
+        alpha=float(aug_cfg.mixup_alpha),
+        label_smoothing=float(aug_cfg.label_smoothing),
+        enabled=bool(aug_cfg.mixup),
+    )
+    return frontend, mixup
+
+
+@dataclass
+class Loaders:
+    """The training loader with its distributed sampler, and the sharded evaluation loader."""
+
+    train: DataLoader
+    sampler: DistributedSampler
+    eval: DataLoader
+
+
+def build_loaders(
+    data_cfg: Any,
+    aug_cfg: Any,
+    train_files: list[str],
+    eval_files: list[str],
+    *,
+    batch_size: int,
+    eval_batch_size: int | None,
+    max_eval_samples: int | None,
+    seed: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> Loaders:
+    """Training loader (shuffled per epoch, drop_last) and evaluation loader (each clip once).
+
+    The files come from `resolve_data_files` (called before a run creates anything).
+    """
+    from dcls_audio.train.evaluate import ShardedEvalSampler
+
+    num_classes = int(data_cfg.num_classes)
+    augment = waveform_augment(aug_cfg)
+    train_ds = AudioSetHDF5(train_files, num_classes, train=True, seed=seed, augment=augment)
+    eval_ds = AudioSetHDF5(eval_files, num_classes, train=False)
+    if max_eval_samples:
+        eval_ds = Subset(eval_ds, range(min(int(max_eval_samples), len(eval_ds))))
+    sampler = DistributedSampler(
+        train_ds, world_size, rank, shuffle=True, seed=seed, drop_last=True
+    )
+    workers = int(data_cfg.num_workers)
+    pin = bool(data_cfg.pin_memory) and device.type == "cuda"
+    train = DataLoader(
+        train_ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin, drop_last=True
+    )
+    eval_loader = DataLoader(
+        eval_ds,
+        int(eval_batch_size or batch_size),
+        sampler=ShardedEvalSampler(len(eval_ds), rank, world_size),
+        num_workers=workers,
+        pin_memory=pin,
+    )
+    return Loaders(train=train, sampler=sampler, eval=eval_loader)
