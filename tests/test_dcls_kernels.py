@@ -32,6 +32,7 @@ KERNEL_CASES = {
     "map_smaller_than_kernel": (1, 2, 3, 4, 9, 9, ((4, 4), (4, 4)), None),
     "padding_beyond_kernel": (2, 1, 6, 4, 5, 3, ((9, 2), (0, 4)), None),
     "wide_blocks_multi_row_slices": (2, 1, 5, 70, 3, 35, ((1, 1), (17, 17)), 3),
+    "tall_multi_slice": (3, 1, 40, 6, 5, 3, ((2, 2), (1, 1)), 100),
     "unbatched": (None, 3, 6, 5, 3, 3, ((1, 1), (1, 1)), None),
     "channels_last": ("cl", 4, 6, 7, 5, 3, ((2, 2), (1, 1)), 2),
 }
@@ -75,6 +76,8 @@ def _errors(case, dtype) -> dict[str, float]:
 
 def _interpreted_errors() -> dict:
     """Run every case in both dtypes under the Triton interpreter (call in a fresh process)."""
+    import numpy as np
+    import triton.language as tl
     import triton.runtime.interpreter as interp
 
     # triton.jit reads it when decorating, also triton's own jit helpers: set before any import
@@ -89,6 +92,19 @@ def _interpreted_errors() -> dict:
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
 
     interp._patch_lang_tensor = patched
+    # Its dot multiplies bfloat16 operands as their raw uint16 bits; widen them exactly first.
+    dot = interp.InterpreterBuilder.create_dot
+
+    def widened(handle):
+        if handle.dtype.scalar != tl.bfloat16:
+            return handle
+        data = interp._convert_float(handle.data, tl.bfloat16, tl.float32, None)
+        return interp.TensorHandle(data.view(np.float32), tl.float32)
+
+    def create_dot(self, a, b, d, *args):
+        return dot(self, widened(a), widened(b), d, *args)
+
+    interp.InterpreterBuilder.create_dot = create_dot
     torch.backends.cudnn.allow_tf32 = False
     return {
         f"{name}-{dtype}": _errors(case, getattr(torch, dtype))
