@@ -52,11 +52,16 @@ def _case_tensors(case, dtype):
     return x, kernel, bias, pads
 
 
-def _errors(case, dtype) -> dict[str, float]:
-    """Relative max errors of forward, input, weight and bias gradients vs float64 autograd."""
+def _errors(case, dtype, param_dtype=None) -> dict[str, float]:
+    """Relative max errors of forward, input, weight and bias gradients vs float64 autograd.
+
+    ``param_dtype``: kernel and bias in another dtype (float32 parameters under autocast).
+    """
     from dcls_audio.dcls import triton_dwconv
 
     x, kernel, bias, pads = _case_tensors(case, dtype)
+    if param_dtype is not None:
+        kernel, bias = kernel.to(param_dtype), bias.to(param_dtype)
     if case[-1] is not None:
         triton_dwconv.WGRAD_TARGET_PROGRAMS = case[-1]
     ours_in = [t.clone().requires_grad_() for t in (x, kernel, bias)]
@@ -68,7 +73,8 @@ def _errors(case, dtype) -> dict[str, float]:
     grads = torch.autograd.grad(y, ours_in, upstream)
     grads_ref = torch.autograd.grad(y_ref, ref_in, upstream.double())
     triton_dwconv.WGRAD_TARGET_PROGRAMS = 4096
-    out = {"dtype_ok": float(y.dtype == dtype and all(g.dtype == dtype for g in grads))}
+    dtypes_ok = y.dtype == grads[0].dtype == dtype and grads[1].dtype == kernel.dtype
+    out = {"dtype_ok": float(dtypes_ok and grads[2].dtype == bias.dtype)}
     for name, a, b in zip(("y", "dx", "dw", "db"), (y, *grads), (y_ref, *grads_ref), strict=True):
         out[name] = ((a.double() - b).abs().max() / b.abs().max()).item()
     return out
@@ -106,11 +112,14 @@ def _interpreted_errors() -> dict:
 
     interp.InterpreterBuilder.create_dot = create_dot
     torch.backends.cudnn.allow_tf32 = False
-    return {
+    result = {
         f"{name}-{dtype}": _errors(case, getattr(torch, dtype))
         for name, case in KERNEL_CASES.items()
         for dtype in TOLERANCE
     }
+    for name in MIXED_CASES:
+        result[f"{name}-mixed"] = _errors(KERNEL_CASES[name], torch.bfloat16, torch.float32)
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +143,18 @@ def test_triton_kernels_match_float64_reference(interpreted, name, dtype):
     assert errors.pop("dtype_ok") == 1.0
     tol = TOLERANCE[dtype]
     assert all(err <= tol for err in errors.values()), errors
+
+
+MIXED_CASES = ["odd_symmetric", "cropped_23x23_on_8x7", "tall_multi_slice"]
+
+
+@pytest.mark.parametrize("name", MIXED_CASES)
+def test_bf16_input_with_float32_kernel_returns_float32_parameter_grads(interpreted, name):
+    errors = interpreted[f"{name}-mixed"]
+    assert errors.pop("dtype_ok") == 1.0
+    assert all(err <= TOLERANCE["bfloat16"] for err in errors.values()), errors
+    # the kernel gradient is not rounded to bf16: float32 accumulation only
+    assert errors["dw"] < 1e-5 and errors["db"] < 1e-5, errors
 
 
 def test_interpreter_run_is_short(interpreted):

@@ -147,11 +147,12 @@ def _explicit_pad(x: Tensor, pads: Pads) -> tuple[Tensor, tuple[int, int] | int]
 
 
 def run_path(path: str, x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Pads) -> Tensor:
-    """Depthwise ``F.conv2d`` with zero paddings ``pads`` via ``path`` (x, kernel same dtype)."""
+    """Depthwise ``F.conv2d`` with zero paddings ``pads`` via ``path``, in ``x``'s dtype."""
     if path == "cudnn":
         x = x.contiguous()  # cuDNN's depthwise kernels are slowest in channels_last
         xp, padding = _explicit_pad(x, pads)
-        return F.conv2d(xp, kernel, bias, 1, padding, 1, kernel.shape[0])
+        bias = None if bias is None else bias.to(x.dtype)
+        return F.conv2d(xp, kernel.to(x.dtype), bias, 1, padding, 1, kernel.shape[0])
     if path == "fft":
         b = None if bias is None else bias.float()
         return fft_depthwise_conv2d(x.float(), kernel.float(), b, pads).to(x.dtype)
@@ -168,8 +169,7 @@ def depthwise_conv2d(
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
     if dtype not in _DTYPES:
         dtype = x.dtype
-    x, kernel = x.to(dtype), kernel.to(dtype)
-    bias = None if bias is None else bias.to(dtype)
+    x = x.to(dtype)  # kernel and bias keep theirs: the Triton path returns their grads unrounded
     with torch.autocast("cuda", enabled=False):
         path = path or choose_path(x, kernel, pads, training)
         return run_path(path, x, kernel, bias, pads)
@@ -184,29 +184,36 @@ class _TritonDepthwise(torch.autograd.Function):
         h, w = x.shape[-2:]
         kh, kw = kernel.shape[-2:]
         out_hw = (h + top + bottom - kh + 1, w + left + right - kw + 1)
-        ctx.save_for_backward(x, kernel)
-        ctx.has_bias, ctx.pads = bias is not None, (top, left)
-        return tk.dw_forward(x, kernel, bias, top, left, out_hw)
+        weight = kernel.to(x.dtype).contiguous()
+        ctx.save_for_backward(x, weight)
+        ctx.kernel_dtype, ctx.pads = kernel.dtype, (top, left)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return tk.dw_forward(x, weight, bias, top, left, out_hw)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         from . import triton_dwconv as tk
 
-        x, kernel = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         top, left = ctx.pads
         grad = grad.contiguous()
         gx = gk = gb = None
         if ctx.needs_input_grad[0]:
-            gx = tk.dw_input_grad(grad, kernel, top, left, tuple(x.shape[-2:]))
+            gx = tk.dw_input_grad(grad, weight, top, left, tuple(x.shape[-2:]))
         if ctx.needs_input_grad[1]:
-            gk = tk.dw_weight_grad(x, grad, tuple(kernel.shape[-2:]), top, left).to(kernel.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype)
+            gk = tk.dw_weight_grad(x, grad, tuple(weight.shape[-2:]), top, left)
+            gk = gk.to(ctx.kernel_dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype)
         return gx, gk, gb, None
 
 
 def triton_depthwise_conv2d(x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Pads) -> Tensor:
-    """The Triton path: ((N,) C, H, W) input in any layout, (C, 1, kh, kw) kernel, same dtype."""
+    """The Triton path: ((N,) C, H, W) input in any layout, (C, 1, kh, kw) kernel, any float.
+
+    Computes in ``x``'s dtype (float32 accumulation); the kernel and bias gradients come back in
+    their own dtypes, computed in float32.
+    """
     unbatched = x.dim() == 3
     x4 = (x.unsqueeze(0) if unbatched else x).contiguous()
     flat = tuple(tuple(int(v) for v in lr) for lr in pads)
