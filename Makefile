@@ -24,13 +24,13 @@ DEMO_DIR := outputs/demo
 # CPU demo: synthetic data (generated once), DCLS ConvNeXt-atto training, eval table.
 demo:
 	@test -f data/synthetic/train.h5 -a -f data/synthetic/eval.h5 || \
-		$(BIN)/python scripts/make_synthetic.py --out data/synthetic
+		$(BIN)/dcls-audio-synthetic --out data/synthetic
 	rm -rf $(DEMO_DIR)
 	$(BIN)/python train.py experiment=demo hydra.run.dir=$(DEMO_DIR)
-	$(BIN)/python scripts/show_results.py $(DEMO_DIR)/results.json
+	$(BIN)/dcls-audio-results $(DEMO_DIR)
 
 bench:
-	$(BIN)/python -m dcls_audio.benchmarks.kernels --json docs/bench_dcls.json
+	$(BIN)/dcls-audio-bench-kernels --json docs/bench_dcls.json
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

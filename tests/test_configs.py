@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-# Paper Table 2 (and DESIGN.md §1), written out independently of the yaml files.
+# Paper Table 2 (the recipe the README cites), written out independently of the yaml files.
 PAPER = {
     "trainer.epochs": 60,
     "trainer.warmup_epochs": 20,

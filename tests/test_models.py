@@ -462,3 +462,30 @@ def test_pretrained_errors(tmp_path, atto_checkpoint):
     torch.save(dict(list(src.items())[: len(src) // 3]), part)
     with pytest.raises(ValueError, match="need 50%"):
         build_model(*cfgs("convnext_atto", "dsc", pretrained=str(part)))
+
+
+# ---------------------------------------------------------------- model table
+
+
+def test_model_table_counts_match_timm_and_the_head_arithmetic():
+    import timm
+
+    from dcls_audio.models.table import measure, to_markdown
+
+    rows = {r["conv"]: r for r in measure(["convnext_atto"], ["dsc", "dcls_gauss"])}
+    dims, depths = (40, 80, 160, 320), (2, 2, 6, 2)
+    # the audio stem (2x16 per output channel) has 16 more weights per channel than timm's 4x4
+    for classes in (527, 1000):
+        ref = timm.create_model("convnext_atto", num_classes=classes, in_chans=1)
+        expected = sum(p.numel() for p in ref.parameters()) + 16 * dims[0]
+        assert rows["dsc"][f"params_{classes}"] == expected
+    assert rows["dsc"]["head_difference"] == 473 * (ref.num_features + 1)
+    assert rows["dsc"]["swapped"] == 0 and rows["dsc"]["position_params"] == 0
+    # 12 depthwise 7x7 layers: 49 -> 26 weights per channel; P and SIG: 2 x 2 x 26 per stage
+    dcls = rows["dcls_gauss"]
+    assert dcls["swapped"] == dcls["dcls_layers"] == sum(depths)
+    assert dcls["position_params"] == sum(4 * 26 * c for c in dims)
+    weights = sum(n * c * (26 - 49) for n, c in zip(depths, dims, strict=True))
+    assert dcls["params_527"] == rows["dsc"]["params_527"] + weights + dcls["position_params"]
+    table = to_markdown(list(rows.values()))
+    assert f"| ConvNeXt-atto | dsc | 0 | {rows['dsc']['params_527'] / 1e6:.3f}M |" in table

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -41,11 +42,13 @@ def count(model: torch.nn.Module) -> dict:
     return {"params": total, "position_params": positions}
 
 
-def measure() -> list[dict]:
+def measure(
+    models: Sequence[str] = MODEL_NAMES, convs: Sequence[str] = CONV_ORDER
+) -> list[dict]:
     """One row per model x conv with counts at 527 and 1000 outputs."""
     rows = []
-    for name in MODEL_NAMES:
-        for conv in CONV_ORDER:
+    for name in models:
+        for conv in convs:
             row = {"model": name, "title": MODEL_SPECS[name].title, "conv": conv}
             for classes in (527, 1000):
                 with torch.device("meta"):

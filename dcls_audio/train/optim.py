@@ -1,6 +1,6 @@
 """Parameter groups, optimizers (AdamW, timm's LAMB) and the per-iteration cosine schedule.
 
-Recipe (DESIGN.md section 1): base lr 4e-3 at a global batch of 4096, scaled linearly; weight decay
+Recipe (paper Table 2): base lr 4e-3 at a global batch of 4096, scaled linearly; weight decay
 0.05 except on 1-D parameters, biases and the DCLS positions/sigmas; P and SIG at 5x the lr through
 the group's ``lr_scale`` (timm's scheduler multiplies it in, so the group's own lr stays the base);
 linear warm-up from 0 then half-cycle cosine to lr_min, stepped every optimizer update.
