@@ -119,21 +119,22 @@ def match_files(audio_dir: str | os.PathLike, ytids: set[str]) -> tuple[dict[str
     return found, duplicates
 
 
-def load_clip(path: str | os.PathLike) -> np.ndarray:
-    """Read any soundfile-readable file -> int16 mono 32 kHz, padded/truncated to 10 s."""
+def load_clip(path: str | os.PathLike, length: int = CLIP_SAMPLES) -> np.ndarray:
+    """Read any soundfile-readable file -> int16 mono 32 kHz, padded/truncated to ``length``."""
     x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     if x.shape[0] == 0:
         raise ValueError("no samples")
     x = x.mean(axis=1)
     if sr != SAMPLE_RATE:
         x = AF.resample(torch.from_numpy(x), sr, SAMPLE_RATE).numpy()
-    return float_to_int16(pad_or_truncate(x, CLIP_SAMPLES))
+    return float_to_int16(pad_or_truncate(x, length))
 
 
-def _load_task(task: tuple[int, str]) -> tuple[int, np.ndarray | None, str | None]:
-    i, path = task
+def _load_task(task: tuple) -> tuple[int, np.ndarray | None, str | None]:
+    """(index, path[, length]) -> (index, clip or None, error or None)."""
+    i, path, *length = task
     try:
-        return i, load_clip(path), None
+        return i, load_clip(path, *length), None
     except Exception as e:  # any decoder failure makes the clip "unreadable", never a silent row
         return i, None, f"{type(e).__name__}: {e}"
 
@@ -245,7 +246,7 @@ def pack(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``dcls-audio-pack audioset --audio-dir DIR --segments CSV --out FILE.h5``."""
+    """CLI: ``dcls-audio-pack audioset|custom --audio-dir DIR ... --out FILE.h5``."""
     ap = argparse.ArgumentParser(
         prog="dcls-audio-pack", description="Pack labelled audio into PANNs-layout HDF5 files."
     )
@@ -262,10 +263,29 @@ def main(argv: list[str] | None = None) -> int:
         help="class_labels_indices.csv (default: the packaged AudioSet 527 classes)",
     )
     aset.add_argument("--workers", type=int, default=1, help="decoding processes")
+    from . import pack_custom
+
+    cust = sub.add_parser(
+        "custom",
+        help="any labelled audio: a CSV filename,labels[,fold] or a folder per class (resumable)",
+        description=pack_custom.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cust.add_argument("--audio-dir", required=True, help="folder with the audio files")
+    cust.add_argument("--csv", default=None, help="filename,labels[,fold] CSV (else class folders)")
+    cust.add_argument("--classes", default=None, help="class list CSV: index,mid,display_name")
+    cust.add_argument("--out", required=True, help="output HDF5 file")
+    cust.add_argument("--clip-seconds", type=float, default=10.0, help="pad/crop length (10)")
+    cust.add_argument("--workers", type=int, default=1, help="decoding processes")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        report = pack(args.audio_dir, args.segments, args.out, args.labels, args.workers)
+        if args.mode == "custom":
+            report = pack_custom.pack_custom(
+                args.audio_dir, args.out, args.csv, args.classes, args.clip_seconds, args.workers
+            )
+        else:
+            report = pack(args.audio_dir, args.segments, args.out, args.labels, args.workers)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,306 @@
+"""Pack any labelled audio (a CSV of files and labels, or a folder per class) into HDF5.
+
+Inputs (``dcls-audio-pack custom``):
+
+- ``--csv FILE``: columns ``filename,labels[,fold]``; a header row naming ``filename`` and
+  ``labels`` (and optionally ``fold``; other columns are ignored) may come first, else the
+  columns are taken in that order. ``filename`` is relative to ``--audio-dir``; ``labels`` holds
+  one or more labels separated by ``;``, each a class name or a class index.
+- without ``--csv``: the folder-per-class tree ``DIR/<class>/<file>`` (sub-folders of a class
+  folder are searched too; no folds).
+
+The class list comes from ``--classes FILE.csv`` (``index,mid,display_name``; a label matches a
+mid, then a display name, then an index) when given, and a label not in it is an error naming
+the file and the label; otherwise it is the sorted unique labels found (numerically sorted when
+every label is an integer).
+
+Output layout (the PANNs layout plus what makes the file describe itself): ``audio_name``
+(fixed-length bytes, the file's path relative to the audio folder), ``waveform`` int16
+(N, clip samples) at 32 kHz, ``target`` bool (N, C), ``fold`` int16 (N,) when the CSV has
+folds, ``class_mids`` and ``class_names`` (UTF-8 strings, C), attributes ``sample_rate`` and
+``clip_seconds``. The class list is also written beside the file as ``<out stem>.classes.csv``.
+Files that are missing, unreadable or unlabelled are listed in ``<out>.report.json`` and never
+written. Rows go to ``<out>.partial`` first (resumable: a rerun continues with the files not
+written yet) and the file is renamed to ``<out>`` only when complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from dcls_audio.results import write_json
+
+from .labels import ClassIndex, read_class_index, write_class_index
+from .pack import AUDIO_SUFFIXES, FLUSH_EVERY, _load_task
+from .waveform import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+STR = h5py.string_dtype("utf-8")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One audio file to pack: its path relative to the audio folder, label strings, fold."""
+
+    name: str
+    labels: tuple[str, ...]
+    fold: int | None
+    where: str  # "file.csv:12" or the folder, for error messages
+
+
+def read_label_csv(path: str | os.PathLike) -> tuple[list[Item], bool]:
+    """Rows of a ``filename,labels[,fold]`` CSV; also whether it has a fold column."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels CSV {path} does not exist")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [(n, r) for n, r in enumerate(csv.reader(f), start=1) if any(c.strip() for c in r)]
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    header = [c.strip().lower() for c in rows[0][1]]
+    if "filename" in header:
+        if "labels" not in header:
+            raise ValueError(f"{path}:1: header {rows[0][1]!r} has no 'labels' column")
+        cols = {k: header.index(k) for k in ("filename", "labels", "fold") if k in header}
+        rows = rows[1:]
+    else:
+        width = len(rows[0][1])
+        if width not in (2, 3):
+            raise ValueError(
+                f"{path}:1: expected columns filename,labels[,fold] (or a header naming them), "
+                f"found {width} columns: {rows[0][1]!r}"
+            )
+        cols = dict(zip(("filename", "labels", "fold"), range(width), strict=False))
+    has_fold = "fold" in cols
+    items, seen = [], {}
+    for line_no, row in rows:
+        where = f"{path}:{line_no}"
+        if len(row) <= max(cols.values()):
+            raise ValueError(f"{where}: expected {len(cols)} columns, found {row!r}")
+        name = row[cols["filename"]].strip()
+        if not name:
+            raise ValueError(f"{where}: empty filename")
+        if name in seen:
+            raise ValueError(f"{where}: file {name} already listed at line {seen[name]}")
+        seen[name] = line_no
+        labels = tuple(s.strip() for s in row[cols["labels"]].split(";") if s.strip())
+        fold = None
+        if has_fold:
+            text = row[cols["fold"]].strip()
+            try:
+                fold = int(text)
+            except ValueError:
+                raise ValueError(f"{where}: file {name}: fold {text!r} is not an integer") from None
+        items.append(Item(name, labels, fold, where))
+    return items, has_fold
+
+
+def scan_class_folders(audio_dir: Path) -> list[Item]:
+    """Items of a folder-per-class tree: the label of a file is its top-level folder's name."""
+    items = []
+    for class_dir in sorted(p for p in audio_dir.iterdir() if p.is_dir()):
+        for p in sorted(class_dir.rglob("*")):
+            if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES:
+                name = p.relative_to(audio_dir).as_posix()
+                items.append(Item(name, (class_dir.name,), None, str(class_dir)))
+    if not items:
+        raise ValueError(
+            f"{audio_dir}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in class folders; "
+            "give --csv for a flat folder"
+        )
+    return items
+
+
+def class_list(items: list[Item], classes_csv: str | os.PathLike | None) -> ClassIndex:
+    """The class index: ``classes_csv``'s, else the sorted unique labels of ``items``."""
+    if classes_csv is not None:
+        return read_class_index(classes_csv)
+    found = sorted({label for it in items for label in it.labels})
+    if not found:
+        raise ValueError("no labels found: every file is unlabelled")
+    if all(s.lstrip("-").isdigit() for s in found):
+        found.sort(key=int)
+    return ClassIndex(mids=list(found), names=list(found))
+
+
+def label_indices(items: list[Item], classes: ClassIndex, strict: bool) -> list[tuple[int, ...]]:
+    """Column indices of every item's labels; ``strict``: an unknown label is an error."""
+    by_mid = classes.mid_to_index()
+    by_name = {n: i for i, n in reversed(list(enumerate(classes.names)))}
+    out = []
+    for it in items:
+        cols = set()
+        for label in it.labels:
+            if label in by_mid:
+                cols.add(by_mid[label])
+            elif label in by_name:
+                cols.add(by_name[label])
+            elif label.isdigit() and int(label) < len(classes.mids):
+                cols.add(int(label))
+            elif strict:
+                raise ValueError(
+                    f"{it.where}: file {it.name}: label {label!r} is not in the class list "
+                    f"({len(classes.mids)} classes; by mid, display name or index)"
+                )
+        out.append(tuple(sorted(cols)))
+    return out
+
+
+def classes_csv_path(out: Path) -> Path:
+    """The class-index CSV written beside a packed file: ``<stem>.classes.csv``."""
+    return out.with_name(out.stem + ".classes.csv")
+
+
+def _open_partial(
+    path: Path, classes: ClassIndex, clip_samples: int, name_bytes: int, folds: bool
+) -> h5py.File:
+    """Open (resume) or create the partial output file."""
+    if path.exists():
+        f = h5py.File(path, "a")
+        same = (
+            list(f["class_mids"].asstr()[()]) == classes.mids
+            and f["waveform"].shape[1] == clip_samples
+            and ("fold" in f) == folds
+            and f["audio_name"].dtype.itemsize >= name_bytes
+        )
+        if not same:
+            f.close()
+            raise ValueError(
+                f"{path}: partial file was started with another class list, clip length or fold "
+                "layout; delete it to start over"
+            )
+        done = int(f.attrs["rows_done"])
+        for key in ("audio_name", "waveform", "target", *(("fold",) if folds else ())):
+            f[key].resize(done, axis=0)
+        return f
+    c = len(classes.mids)
+    f = h5py.File(path, "w")
+    f.attrs.create("sample_rate", SAMPLE_RATE, dtype=np.int32)
+    f.attrs["clip_seconds"] = clip_samples / SAMPLE_RATE
+    f.attrs["rows_done"] = 0
+    f.create_dataset("class_mids", data=np.array(classes.mids, dtype=object), dtype=STR)
+    f.create_dataset("class_names", data=np.array(classes.names, dtype=object), dtype=STR)
+    f.create_dataset("audio_name", (0,), maxshape=(None,), dtype=f"S{name_bytes}", chunks=(1024,))
+    f.create_dataset(
+        "waveform", (0, clip_samples), maxshape=(None, clip_samples), dtype=np.int16,
+        chunks=(1, clip_samples),
+    )  # fmt: skip
+    f.create_dataset("target", (0, c), maxshape=(None, c), dtype=bool, chunks=(256, c))
+    if folds:
+        f.create_dataset("fold", (0,), maxshape=(None,), dtype=np.int16, chunks=(1024,))
+    return f
+
+
+def pack_custom(
+    audio_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    labels_csv: str | os.PathLike | None = None,
+    classes_csv: str | os.PathLike | None = None,
+    clip_seconds: float = 10.0,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Pack the labelled files under ``audio_dir`` into ``out`` (see the module doc)."""
+    audio_dir, out = Path(audio_dir), Path(out)
+    if not audio_dir.is_dir():
+        raise FileNotFoundError(f"audio directory {audio_dir} does not exist")
+    clip_samples = round(float(clip_seconds) * SAMPLE_RATE)
+    if clip_samples <= 0:
+        raise ValueError(f"--clip-seconds must be > 0, got {clip_seconds}")
+    if labels_csv is not None:
+        items, folds = read_label_csv(labels_csv)
+    else:
+        items, folds = scan_class_folders(audio_dir), False
+    classes = class_list(items, classes_csv)
+    targets = label_indices(items, classes, strict=classes_csv is not None)
+    report: dict = {
+        "files": len(items),
+        "written": 0,
+        "num_classes": len(classes.mids),
+        "clip_seconds": clip_samples / SAMPLE_RATE,
+        "missing": [],
+        "unlabelled": [],
+        "unreadable": [],
+    }
+    todo_all = []
+    for i, it in enumerate(items):
+        if not targets[i]:
+            report["unlabelled"].append(it.name)
+        elif not (audio_dir / it.name).is_file():
+            report["missing"].append(it.name)
+        else:
+            todo_all.append(i)
+    name_bytes = max([len(items[i].name.encode()) for i in todo_all] + [1])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    f = _open_partial(partial, classes, clip_samples, name_bytes, folds)
+    try:
+        done = {n.decode() for n in f["audio_name"][()]}
+        if done:
+            log.info("resuming %s: %d rows already written", partial, len(done))
+        todo = [(i, str(audio_dir / items[i].name)) for i in todo_all if items[i].name not in done]
+        names, wav, tgt = f["audio_name"], f["waveform"], f["target"]
+        fold = f["fold"] if folds else None
+        pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+        try:
+            tasks = [(i, p, clip_samples) for i, p in todo]
+            results = pool.imap(_load_task, tasks, chunksize=4) if pool else map(_load_task, tasks)
+            bar = tqdm(results, total=len(todo), desc=f"packing {out.name}", disable=not progress)
+            for k, (i, clip, err) in enumerate(bar, start=1):
+                if clip is None:
+                    report["unreadable"].append({"file": items[i].name, "error": err})
+                    continue
+                row = names.shape[0]
+                for d in (names, wav, tgt, *((fold,) if folds else ())):
+                    d.resize(row + 1, axis=0)
+                names[row] = items[i].name.encode()
+                wav[row] = clip
+                target = np.zeros(len(classes.mids), dtype=bool)
+                target[list(targets[i])] = True
+                tgt[row] = target
+                if folds:
+                    fold[row] = items[i].fold
+                if k % FLUSH_EVERY == 0:
+                    f.attrs["rows_done"] = row + 1
+                    f.flush()
+        finally:
+            if pool:
+                pool.terminate()
+        report["written"] = names.shape[0]
+        if folds:
+            values, counts = np.unique(fold[()], return_counts=True)
+            report["folds"] = {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
+        f.attrs["rows_done"] = names.shape[0]
+    finally:
+        f.close()
+    if report["written"] == 0:
+        write_json(out.with_name(out.name + ".report.json"), report)
+        raise ValueError(f"{out}: no file could be packed (see {out.name}.report.json)")
+    write_class_index(classes_csv_path(out), classes.mids, classes.names)
+    write_json(out.with_name(out.name + ".report.json"), report)
+    partial.replace(out)
+    log.info(
+        "%s: %d clips written; %d missing, %d unreadable, %d unlabelled (listed in %s)",
+        out, report["written"], len(report["missing"]), len(report["unreadable"]),
+        len(report["unlabelled"]), out.name + ".report.json",
+    )  # fmt: skip
+    return report
+
+
+def read_packed_classes(path: str | os.PathLike) -> ClassIndex | None:
+    """The class list stored in a packed file, or None when it stores none (AudioSet packs)."""
+    with h5py.File(path, "r") as f:
+        if "class_names" not in f:
+            return None
+        names = [str(s) for s in f["class_names"].asstr()[()]]
+        mids = [str(s) for s in f["class_mids"].asstr()[()]] if "class_mids" in f else names
+    return ClassIndex(mids=mids, names=names)
