@@ -120,8 +120,9 @@ def _time_ms(fn: Callable[[], object], repeats: int = 3) -> float:
 
 def measure_paths(x: Tensor, kernel: Tensor, pads: Pads, training: bool) -> dict[str, float]:
     """Milliseconds per candidate path on random tensors shaped like ``x`` and ``kernel``."""
-    xs = torch.randn(x.shape, device=x.device, dtype=x.dtype).requires_grad_(training)
-    ks = torch.randn(kernel.shape, device=x.device, dtype=x.dtype).requires_grad_(training)
+    # same dtypes and memory layouts as the real call (the cuDNN path's conversion counts)
+    xs = torch.randn_like(x).requires_grad_(training)
+    ks = torch.randn_like(kernel).requires_grad_(training)
     times = {}
     for path in PATHS:
         if path == "triton" and not triton_available():
