@@ -157,6 +157,43 @@ def test_bf16_input_with_float32_kernel_returns_float32_parameter_grads(interpre
     assert errors["dw"] < 1e-5 and errors["db"] < 1e-5, errors
 
 
+FWD_INTS = ("H", "W", "OH", "OW", "C", "KH", "KW", "TOP", "LEFT")
+WGRAD_INTS = ("H", "W", "OH", "OW", "C", "TOP", "LEFT", "ROWS", "ROWS_PER")
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_triton_kernels_compile_for_gpus_without_one(arch, dtype, tmp_path, monkeypatch):
+    """Both kernels compile to a cubin (Triton's bundled ptxas) with the host's block sizes."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("interpreted kernels are not compiled")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from dcls_audio.dcls import triton_dwconv as tk
+
+    prec = "tf32x3" if dtype == "fp32" else None
+    bwi = tk._window(23)
+    fwd = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": "*fp32", "y_ptr": f"*{dtype}"}
+    fwd |= dict.fromkeys(FWD_INTS, "i32")
+    fwd_consts = {"HAS_BIAS": True, "BF16_BITS": False, "PREC": prec, "BH": 64, "BW": tk.BW}
+    fwd_consts["BWI"] = bwi
+    wgrad = {"x_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "part_ptr": "*fp32"}
+    wgrad |= dict.fromkeys(WGRAD_INTS, "i32")
+    wgrad_consts = {"PREC": prec, "BR": tk.BR, "BW": tk.BW, "BWI": bwi}
+    target = GPUTarget("cuda", arch, 32)
+    for fn, sig, consts in (
+        (tk._fwd_kernel, fwd, fwd_consts),
+        (tk._wgrad_kernel, wgrad, wgrad_consts),
+    ):
+        sig |= dict.fromkeys(consts, "constexpr")
+        src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+        compiled = triton.compile(src, target=target, options={"num_warps": 4})
+        assert compiled.asm["cubin"]
+
+
 def test_interpreter_run_is_short(interpreted):
     assert interpreted["seconds"] < 120
 
