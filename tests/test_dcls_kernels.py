@@ -40,7 +40,7 @@ KERNEL_CASES = {
 TOLERANCE = {"float32": 1e-5, "bfloat16": 2**-8 + 1e-5}
 
 
-def _case_tensors(case, dtype):
+def _case_tensors(case, dtype, device="cpu"):
     n, c, h, w, kh, kw, pads, _ = case
     gen = torch.Generator().manual_seed(h * 100 + w)
     shape = (c, h, w) if n is None else (2 if n == "cl" else n, c, h, w)
@@ -49,17 +49,17 @@ def _case_tensors(case, dtype):
         x = x.contiguous(memory_format=torch.channels_last)
     kernel = torch.randn(c, 1, kh, kw, generator=gen).to(dtype)
     bias = torch.randn(c, generator=gen).to(dtype)
-    return x, kernel, bias, pads
+    return x.to(device), kernel.to(device), bias.to(device), pads
 
 
-def _errors(case, dtype, param_dtype=None) -> dict[str, float]:
+def _errors(case, dtype, param_dtype=None, device="cpu") -> dict[str, float]:
     """Relative max errors of forward, input, weight and bias gradients vs float64 autograd.
 
     ``param_dtype``: kernel and bias in another dtype (float32 parameters under autocast).
     """
     from dcls_audio.dcls import triton_dwconv
 
-    x, kernel, bias, pads = _case_tensors(case, dtype)
+    x, kernel, bias, pads = _case_tensors(case, dtype, device)
     if param_dtype is not None:
         kernel, bias = kernel.to(param_dtype), bias.to(param_dtype)
     if case[-1] is not None:
@@ -69,7 +69,8 @@ def _errors(case, dtype, param_dtype=None) -> dict[str, float]:
     y = dwconv.triton_depthwise_conv2d(*ours_in, pads)
     flat = tuple(v for lr in reversed(pads) for v in lr)
     y_ref = F.conv2d(F.pad(ref_in[0], flat), ref_in[1], ref_in[2], groups=kernel.shape[0])
-    upstream = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    upstream = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1))
+    upstream = upstream.to(device, dtype)
     grads = torch.autograd.grad(y, ours_in, upstream)
     grads_ref = torch.autograd.grad(y_ref, ref_in, upstream.double())
     triton_dwconv.WGRAD_TARGET_PROGRAMS = 4096
@@ -143,6 +144,38 @@ def test_triton_kernels_match_float64_reference(interpreted, name, dtype):
     assert errors.pop("dtype_ok") == 1.0
     tol = TOLERANCE[dtype]
     assert all(err <= tol for err in errors.values()), errors
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("name", list(KERNEL_CASES))
+def test_cuda_triton_kernels_match_float64_reference(name, dtype, monkeypatch):
+    """The compiled kernels on the GPU, same cases and bounds as the interpreted ones."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    errors = _errors(KERNEL_CASES[name], getattr(torch, dtype), device="cuda")
+    assert errors.pop("dtype_ok") == 1.0
+    assert all(err <= TOLERANCE[dtype] for err in errors.values()), errors
+
+
+@needs_cuda
+@pytest.mark.parametrize("impl", ["auto", "triton", "fft"])
+def test_cuda_layer_paths_match_cudnn(impl, fresh_choices, monkeypatch):
+    """A ConvNeXt-like Dcls2d on CUDA: every path gives cuDNN's output and gradients (fp32)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    layer = Dcls2d(16, 16, 26, 23, padding=11, groups=16).cuda()
+    x = torch.randn(4, 16, 20, 18, device="cuda", requires_grad=True)
+    results = {}
+    for name in ("direct", impl):
+        layer.conv_impl = name
+        y = layer(x)
+        grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
+        results[name] = (y, *grads)
+    for a, b in zip(results[impl], results["direct"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
 
 MIXED_CASES = ["odd_symmetric", "cropped_23x23_on_8x7", "tall_multi_slice"]
