@@ -1,8 +1,11 @@
 """Turn the `results.json` files of many runs into the paper's Table 1 (mean ± std over seeds).
 
-Runs are grouped by (model name, conv name) read from the resolved config stored in each
-results file. The spread is the sample standard deviation (ddof=1) over the runs of a group;
-a group with a single run shows its value alone. Duplicate seeds within a group are kept and
+Runs are grouped by their whole resolved config (stored in each results file) except the seed,
+``data.fold`` (folds aggregate like seeds) and the keys that cannot change results (paths,
+loader workers, logging, wandb): two runs that differ in a kernel size or a learning rate are
+two rows, and rows of the same model and conv show the keys that tell them apart. The spread
+is the sample standard deviation (ddof=1) over the runs of a group; a group with a single run
+shows its value alone. Duplicate seeds within a group are kept and
 reported with a warning (a copied or re-run directory would otherwise go unnoticed).
 """
 
@@ -56,12 +59,64 @@ METRICS: dict[str, tuple[str, float, int]] = {
 }
 
 
+# Config keys (and key prefixes) that identify neither the experiment nor its results.
+IGNORED_KEYS = (
+    "seed",
+    "data.fold",
+    "data.root",
+    "data.train_files",
+    "data.eval_files",
+    "data.num_workers",
+    "data.pin_memory",
+    "trainer.device",
+    "trainer.log_every",
+    "trainer.eval_every",
+    "trainer.eval_batch_size",
+    "trainer.find_unused_parameters",
+    "wandb",
+    "hydra",
+)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested config (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); lists as tuples."""
+    if not isinstance(cfg, dict):
+        return {prefix: tuple(cfg) if isinstance(cfg, list) else cfg}
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def experiment_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The config keys that define an experiment (everything but `IGNORED_KEYS`)."""
+    ignored = tuple(IGNORED_KEYS)
+    return {
+        k: v
+        for k, v in flatten(config).items()
+        if not any(k == i or k.startswith(i + ".") for i in ignored)
+    }
+
+
+def conv_label(conv: dict[str, Any]) -> str:
+    """Table label of a conv config: 'DSC 7×7', 'DCLS-Gauss 23²/26', ..."""
+    if conv.get("type") == "dsc" and "kernel_size" in conv:
+        return f"DSC {conv['kernel_size']}×{conv['kernel_size']}"
+    if conv.get("type") == "dcls" and "dilated_kernel_size" in conv:
+        kind = "DCLS-Gauss" if conv.get("version") == "gauss" else "DCLS-bil."
+        return f"{kind} {conv['dilated_kernel_size']}²/{conv['kernel_count']}"
+    return CONV_LABELS.get(str(conv.get("name")), str(conv.get("name")))
+
+
 @dataclass
 class Group:
-    """All runs of one (model, conv) pair."""
+    """All runs of one experiment (same settings but for the seed and fold)."""
 
     model: str
     conv: str
+    label: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    differs: dict[str, Any] = field(default_factory=dict)
     paths: list[Path] = field(default_factory=list)
     seeds: list[Any] = field(default_factory=list)
     optims: set[str] = field(default_factory=set)
@@ -89,9 +144,9 @@ def find_results(run_dirs: list[str | Path]) -> list[Path]:
     return sorted(set(found))
 
 
-def load_groups(paths: list[Path]) -> dict[tuple[str, str], Group]:
-    """Read results files and group them by (config.model.name, config.conv.name)."""
-    groups: dict[tuple[str, str], Group] = {}
+def load_groups(paths: list[Path]) -> dict[tuple[str, str, str], Group]:
+    """Read results files; group them by (model name, conv name, experiment settings)."""
+    groups: dict[tuple[str, str, str], Group] = {}
     for path in paths:
         res = read_results(path)
         cfg = res["config"]
@@ -102,7 +157,11 @@ def load_groups(paths: list[Path]) -> dict[tuple[str, str], Group]:
                 f"{path}: expected the resolved config with config.model.name and "
                 f"config.conv.name, missing {e}"
             ) from e
-        g = groups.setdefault(key, Group(*key))
+        settings = experiment_settings(cfg)
+        fingerprint = repr(sorted(settings.items(), key=lambda kv: kv[0]))
+        g = groups.setdefault(
+            (*key, fingerprint), Group(*key, label=conv_label(cfg["conv"]), settings=settings)
+        )
         g.paths.append(path)
         g.seeds.append(res.get("seed", cfg.get("seed")))
         optim = cfg.get("optim")
@@ -114,6 +173,7 @@ def load_groups(paths: list[Path]) -> dict[tuple[str, str], Group]:
         for k in METRICS:
             if k in res:
                 g.values[k].append(metric_value(res[k]))
+    _mark_differences(groups)
     for g in groups.values():
         counts: dict[Any, list[Path]] = defaultdict(list)
         for seed, path in zip(g.seeds, g.paths, strict=True):
@@ -125,16 +185,29 @@ def load_groups(paths: list[Path]) -> dict[tuple[str, str], Group]:
                     f"({', '.join(map(str, where))}); all are counted",
                     stacklevel=2,
                 )
-        for what, found in (("optimizers", g.optims), ("data.num_classes", g.classes)):
-            if len(found) > 1:
-                warnings.warn(f"{g.model}/{g.conv}: runs mix {what} {sorted(found)}", stacklevel=2)
     return groups
 
 
-def _paper_row(key: tuple[str, str], g: Group) -> dict[str, Any] | None:
-    """The paper's Table-1 values for a group, only if its runs are 527-class (AudioSet) runs."""
-    paper = PAPER_TABLE1.get(key)
-    return paper if paper is not None and g.classes <= {527} else None
+def _mark_differences(groups: dict[tuple[str, str, str], Group]) -> None:
+    """For groups sharing a model and conv, record the settings that tell them apart."""
+    by_pair: dict[tuple[str, str], list[Group]] = defaultdict(list)
+    for g in groups.values():
+        by_pair[(g.model, g.conv)].append(g)
+    for siblings in by_pair.values():
+        if len(siblings) < 2:
+            continue
+        keys = set().union(*(g.settings for g in siblings))
+        differing = sorted(k for k in keys if len({repr(g.settings.get(k)) for g in siblings}) > 1)
+        for g in siblings:
+            g.differs = {k: g.settings.get(k) for k in differing}
+
+
+def _paper_row(key: tuple[str, ...], g: Group) -> dict[str, Any] | None:
+    """The paper's Table-1 values for a group of 527-class runs of the paper's conv setting."""
+    paper = PAPER_TABLE1.get(key[:2])
+    if paper is None or not g.classes <= {527}:
+        return None
+    return paper if g.label in ("DSC 7×7", "DCLS-Gauss 23²/26") else None
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -154,13 +227,13 @@ def _fmt(values: list[float] | None, scale: float, decimals: int) -> str:
     return text if s is None else f"{text} ± {s:.{decimals}f}"
 
 
-def _order(key: tuple[str, str]) -> tuple[int, str, str]:
+def _order(key: tuple[str, ...]) -> tuple[int, ...]:
     """Paper rows first, in the paper's order; other groups after, alphabetically."""
     keys = list(PAPER_TABLE1)
-    return (keys.index(key) if key in PAPER_TABLE1 else len(keys), *key)
+    return (keys.index(key[:2]) if key[:2] in PAPER_TABLE1 else len(keys), *key)
 
 
-def summarize(groups: dict[tuple[str, str], Group]) -> list[dict[str, Any]]:
+def summarize(groups: dict[tuple[str, str, str], Group]) -> list[dict[str, Any]]:
     """One machine-readable row per group: n, seeds, mean and std of each metric, paper values."""
     rows = []
     for key in sorted(groups, key=_order):
@@ -168,6 +241,8 @@ def summarize(groups: dict[tuple[str, str], Group]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "model": g.model,
             "conv": g.conv,
+            "conv_label": g.label,
+            "differs": g.differs,
             "optim": sorted(g.optims),
             "num_classes": sorted(g.classes),
             "n": len(g.paths),
@@ -181,10 +256,12 @@ def summarize(groups: dict[tuple[str, str], Group]) -> list[dict[str, Any]]:
     return rows
 
 
-def render_markdown(groups: dict[tuple[str, str], Group]) -> str:
+def render_markdown(groups: dict[tuple[str, str, str], Group]) -> str:
     """Table 1 as markdown: our mean ± std over seeds beside the paper's values."""
     present = [k for k in METRICS if any(k in g.values for g in groups.values())]
-    head = ["model", "conv", "optim", "classes", "runs (seeds)"] + [METRICS[k][0] for k in present]
+    differs = any(g.differs for g in groups.values())
+    head = ["model", "conv"] + (["settings"] if differs else [])
+    head += ["optim", "classes", "runs (seeds)"] + [METRICS[k][0] for k in present]
     head += ["paper mAP (%)", "paper params (M)", "paper samples/s (V100 inference)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in sorted(groups, key=_order):
@@ -192,8 +269,12 @@ def render_markdown(groups: dict[tuple[str, str], Group]) -> str:
         paper = _paper_row(key, g)
         seeds = ",".join(str(s) for s in sorted(g.seeds, key=str))
         cells = [
-            PAPER_TABLE1[key]["label"] if key in PAPER_TABLE1 else g.model,
-            CONV_LABELS.get(g.conv, g.conv),
+            PAPER_TABLE1[key[:2]]["label"] if key[:2] in PAPER_TABLE1 else g.model,
+            g.label,
+        ]
+        if differs:
+            cells.append(", ".join(f"{k}={_plain(v)}" for k, v in g.differs.items()) or "–")
+        cells += [
             "/".join(sorted(g.optims)) or "–",
             "/".join(str(c) for c in sorted(g.classes)) or "–",
             f"{len(g.paths)} ({seeds})",
@@ -214,6 +295,13 @@ def render_markdown(groups: dict[tuple[str, str], Group]) -> str:
         "the timm models have about 28.2M / 25.8M / 21.1M.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _plain(value: Any) -> str:
+    """A setting as it would be written on the command line."""
+    if isinstance(value, tuple):
+        return "[" + ",".join(_plain(v) for v in value) + "]"
+    return "null" if value is None else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,7 +140,8 @@ def test_duplicate_seed_warns(runs: Path):
     write_run(runs, "again/0", "convnext_t", "dcls_gauss", 1, map=0.5)
     with pytest.warns(UserWarning, match="seed 1 appears 2 times"):
         groups = load_groups(find_results([runs]))
-    assert len(groups[("convnext_t", "dcls_gauss")].paths) == 4
+    (group,) = [g for g in groups.values() if (g.model, g.conv) == ("convnext_t", "dcls_gauss")]
+    assert len(group.paths) == 4
     assert summarize(groups)[1]["map"]["n"] == 4
 
 
@@ -176,16 +177,36 @@ def test_script_runs(runs: Path):
     assert "| ConvNeXt-T | DCLS-Gauss 23²/26 |" in proc.stdout
 
 
-def test_non_audioset_runs_get_no_paper_values_and_mixes_warn(tmp_path: Path):
+def test_runs_that_differ_in_one_key_are_separate_rows_naming_it(tmp_path: Path):
     write_run(tmp_path, "a", "convnext_t", "dsc", 0, num_classes=16, map=0.3)
     write_run(tmp_path, "b", "convnext_t", "dsc", 1, num_classes=527, optim="lamb", map=0.4)
-    with pytest.warns(UserWarning) as record:
-        groups = load_groups(find_results([tmp_path]))
-    messages = " ".join(str(w.message) for w in record)
-    assert "mix optimizers ['adamw', 'lamb']" in messages
-    assert "mix data.num_classes [16, 527]" in messages
-    assert summarize(groups)[0]["paper"] is None
-    (tmp_path / "b" / "results.json").unlink()
     groups = load_groups(find_results([tmp_path]))
-    row = next(line for line in render_markdown(groups).splitlines() if "ConvNeXt-T" in line)
-    assert row.endswith("| – | – | – |") and "| 16 |" in row
+    rows = summarize(groups)
+    assert len(rows) == 2 and [r["n"] for r in rows] == [1, 1]
+    assert {tuple(sorted(r["differs"])) for r in rows} == {("data.num_classes", "optim.name")}
+    assert next(r for r in rows if r["num_classes"] == [16])["paper"] is None
+    table = render_markdown(groups).splitlines()
+    row16 = next(line for line in table if "data.num_classes=16" in line)
+    assert "optim.name=adamw" in row16 and row16.endswith("| – | – | – |")
+    assert "settings" in table[0]
+
+
+def test_kernel_size_and_lr_sweeps_are_never_averaged(tmp_path: Path):
+    """Found on a real sweep: 11 vs 23 dilated kernels and lr 1e-3 vs 0.5 made one row."""
+    for i, (size, lr) in enumerate([(11, 1e-3), (23, 0.5), (11, 1e-3)]):
+        d = write_run(tmp_path, f"r{i}", "convnext_t", "dcls_gauss", i, map=0.4 + 0.01 * i)
+        res = json.loads((d / "results.json").read_text())
+        res["config"]["conv"] = {"name": "dcls_gauss", "type": "dcls", "version": "gauss",
+                                 "dilated_kernel_size": size, "kernel_count": 26}  # fmt: skip
+        res["config"]["optim"]["lr"] = lr
+        res["config"]["data"]["root"] = f"/data/copy{i}"  # paths never split a group
+        (d / "results.json").write_text(json.dumps(res))
+    rows = {r["conv_label"]: r for r in summarize(load_groups(find_results([tmp_path])))}
+    assert set(rows) == {"DCLS-Gauss 11²/26", "DCLS-Gauss 23²/26"}
+    assert rows["DCLS-Gauss 11²/26"]["n"] == 2 and rows["DCLS-Gauss 23²/26"]["n"] == 1
+    assert rows["DCLS-Gauss 11²/26"]["differs"] == {
+        "conv.dilated_kernel_size": 11,
+        "optim.lr": 1e-3,
+    }
+    assert rows["DCLS-Gauss 11²/26"]["paper"] is None
+    assert rows["DCLS-Gauss 23²/26"]["paper"]["map"] == 45.52

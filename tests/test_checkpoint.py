@@ -147,3 +147,67 @@ def test_rng_state_round_trip(tmp_path):
     torch.manual_seed(5)
     restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["trainer.epochs=3", "trainer.warmup_epochs=0", "optim.lr=0.5", "optim.lr_ref_batch=4"],
+)
+def test_resume_with_another_schedule_is_refused(data_root, tmp_path, change):
+    cfg = make_cfg(data_root, "trainer.epochs=2", "trainer.warmup_epochs=1", "trainer.max_steps=2")
+    run(cfg, run_dir=tmp_path)
+    before = (tmp_path / "last.pt").read_bytes()
+    other = make_cfg(
+        data_root, "trainer.epochs=2", "trainer.warmup_epochs=1", "trainer.max_steps=2", change
+    )
+    key = change.split("=")[0].rsplit(".", 1)[0] if change.startswith("optim") else change[:-2]
+    with pytest.raises(CheckpointError, match=f"different {key}"):
+        run(other, run_dir=tmp_path)
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    data_root, tmp_path, monkeypatch
+):
+    from dcls_audio.data import AudioSetHDF5
+    from dcls_audio.train.loop import NonFiniteLossError
+
+    cfg = make_cfg(data_root, "trainer.epochs=2", "trainer.warmup_epochs=0", "augment=none")
+    clean = AudioSetHDF5.__getitem__
+
+    def nan_in_epoch_two(self, index):
+        wave, target = clean(self, index)
+        return (wave * float("nan") if self.train and self.epoch == 1 else wave), target
+
+    monkeypatch.setattr(AudioSetHDF5, "__getitem__", nan_in_epoch_two)
+    with pytest.raises(
+        NonFiniteLossError, match=r"training loss is nan over steps 3-3 \(epoch 2\)"
+    ):
+        run(cfg, run_dir=tmp_path)
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert (saved["epoch"], saved["step"]) == (1, 2)
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "results.json").exists()
+    log = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["type"] == "error" and log[-1]["step"] == 3
+
+
+def test_unwritable_run_directory_is_a_named_error_before_training(data_root, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a folder should be: fails for root too
+    with pytest.raises(CheckpointError, match=r"run directory .*file/run cannot be created"):
+        run(make_cfg(data_root, "trainer.max_steps=1"), run_dir=blocker / "run")
+
+
+def test_check_space_names_the_space_it_needs(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from dcls_audio.train.checkpoint import check_space
+
+    model = torch.nn.Linear(1000, 1000)  # 4 MB of weights
+    check_space(tmp_path, model, ema=True)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 2**20))
+    with pytest.raises(CheckpointError, match=r"has 1 MiB free but its checkpoints need about 46"):
+        check_space(tmp_path, model, ema=True)

@@ -98,6 +98,20 @@ def test_bad_files_raise_named_errors(tmp_path, kwargs, pattern):
     assert "bad.h5" in str(e.value)
 
 
+def test_sample_rate_stated_in_the_config_for_files_without_the_attribute(tmp_path):
+    wav, _, _ = write_h5(tmp_path / "a.h5", n=3, sr=None)
+    ds = AudioSetHDF5(tmp_path / "a.h5", num_classes=C, sample_rate=SAMPLE_RATE)
+    np.testing.assert_allclose(ds[1][0].numpy(), wav[1] / 32768.0, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match=r"a.h5: data.sample_rate is 16000, expected 32000"):
+        AudioSetHDF5(tmp_path / "a.h5", num_classes=C, sample_rate=16000)
+    write_h5(tmp_path / "b.h5", n=2, sr=None, length=16000 * 10)  # 10 s at 16 kHz, stated 32 kHz
+    with pytest.raises(ValueError, match=r"b.h5: key 'waveform' has shape \(2, 160000\)"):
+        AudioSetHDF5(tmp_path / "b.h5", num_classes=C, sample_rate=SAMPLE_RATE)
+    write_h5(tmp_path / "c.h5", n=2)  # attribute 32000 but the config says otherwise
+    with pytest.raises(ValueError, match=r"c.h5: attribute 'sample_rate' is 32000 but data"):
+        AudioSetHDF5(tmp_path / "c.h5", num_classes=C, sample_rate=44100)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.h5"):
         AudioSetHDF5(tmp_path / "nope.h5", num_classes=C)

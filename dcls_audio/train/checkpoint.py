@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,18 @@ REQUIRED_KEYS = (
     "config",
 )
 BEST_KEYS = ("model", "ema", "config", "class_names", "epoch", "step", "best_map")
-# Keys whose change makes an existing last.pt unusable for the run being started.
-RESUME_KEYS = ("model", "conv", "optim", "data.num_classes", "trainer.global_batch_size")
+# Keys whose change makes an existing last.pt unusable for the run being started: the model,
+# its optimiser and everything the per-iteration schedule is built from (a resumed run must
+# continue the saved schedule, not silently keep its old horizon or warm-up).
+RESUME_KEYS = (
+    "model",
+    "conv",
+    "optim",
+    "data.num_classes",
+    "trainer.global_batch_size",
+    "trainer.epochs",
+    "trainer.warmup_epochs",
+)
 
 
 class CheckpointError(RuntimeError):
@@ -51,6 +62,36 @@ class RunState:
     train_samples: int = 0
     wall_time_s: float = 0.0
     last_eval: dict[str, Any] | None = field(default=None)
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory and prove it writable, or raise a named `CheckpointError`."""
+    probe = run_dir / ".write_check"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(probe, lambda f: f.write(b"ok"))
+        probe.unlink()
+    except OSError as err:
+        raise CheckpointError(
+            f"run directory {run_dir} cannot be created or written ({err.strerror or err}); "
+            "choose another with hydra.run.dir=... or fix its permissions"
+        ) from err
+
+
+def check_space(run_dir: Path, model: nn.Module, ema: bool) -> None:
+    """Fail before training when the run directory's disk cannot hold the checkpoints.
+
+    A checkpoint holds the weights, their EMA copy and two Adam moments; ``last.pt`` is written
+    beside its previous version and ``best.pt`` may be written too, so three must fit.
+    """
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    need = 3 * weights * (3 + int(ema))
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise CheckpointError(
+            f"run directory {run_dir} has {free / 2**20:.0f} MiB free but its checkpoints need "
+            f"about {need / 2**20:.0f} MiB; free some space or choose another hydra.run.dir"
+        )
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -91,18 +91,70 @@ def resolve_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     return DistEnv()
 
 
-def pick_device(choice: str, local_rank: int = 0) -> torch.device:
-    """Device for this process from ``trainer.device`` (auto | cpu | cuda | cuda:N)."""
+def pick_device(choice: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """Device for this process from ``trainer.device`` (auto | cpu | cuda | cuda:N).
+
+    ``auto`` falls back to the CPU only for a single process: a multi-process job (torchrun,
+    SLURM) without CUDA is almost always a broken install or allocation, not a wish to run
+    gloo-DDP on CPUs, so it is an error unless ``trainer.device=cpu`` says so.
+    """
     choice = str(choice).lower()
     if choice not in {"auto", "cpu"} and not choice.startswith("cuda"):
         raise ValueError(f"trainer.device={choice!r}: expected auto, cpu, cuda or cuda:N")
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+    if choice == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={choice!r} but CUDA is not available")
+        if choice == "auto" and world_size == 1:
+            return torch.device("cpu")
+        why = f"a {world_size}-process job (torchrun/SLURM)" if choice == "auto" else "requested"
+        raise RuntimeError(
+            f"trainer.device={choice}: CUDA is not available ({why}) in this process: "
+            f"{cuda_diagnosis()}. Fix the GPU allocation or the torch install "
+            "(`dcls-audio-gpu-check --info` prints what it supports), or set trainer.device=cpu "
+            "to train on CPUs deliberately."
+        )
     if choice.startswith("cuda:"):
         return torch.device(choice)
     return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def cuda_diagnosis() -> str:
+    """Why ``torch.cuda.is_available()`` is False, as far as torch can tell."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU or driver"
+
+
+def describe_device(device: torch.device, amp: bool, world_size: int) -> dict[str, object]:
+    """Device, GPU name and capability, compute dtype, world size and DDP backend of a run."""
+    info: dict[str, object] = {"device": str(device), "name": None, "capability": None}
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        info.update(name=torch.cuda.get_device_name(device), capability=f"sm_{major}{minor}")
+    info["dtype"] = "bf16 autocast" if amp else "fp32"
+    info["world_size"] = world_size
+    info["backend"] = None if world_size == 1 else ("nccl" if device.type == "cuda" else "gloo")
+    return info
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Average the floating-point buffers (BatchNorm running statistics) over ranks.
+
+    DDP broadcasts rank 0's buffers at the start of each forward, so after the last training
+    step every rank holds its own local update; evaluating shards with different statistics, or
+    saving rank 0's alone, would not describe one model. Integer buffers (batch counters) are
+    equal on every rank already.
+    """
+    if not dist.is_initialized():
+        return
+    world = dist.get_world_size()
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf)
+            buf.div_(world)
 
 
 def init_distributed(env: DistEnv, device: torch.device) -> None:
