@@ -34,6 +34,7 @@ INFO_KEYS = (
     "epochs_trained",
     "steps",
     "world_size",
+    "init",
     "class_names",
 )
 # metrics every results.json holds (compute_metrics' keys plus the clip count)
@@ -119,6 +120,7 @@ def build_results(
     steps: int,
     world_size: int,
     class_names: list[str],
+    init: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The results.json document of a finished run: its metrics, then what describes the run."""
     missing = [k for k in METRIC_KEYS if k not in metrics]
@@ -139,6 +141,7 @@ def build_results(
         "steps": int(steps),
         "world_size": int(world_size),
         "class_names": list(class_names),
+        "init": dict(init) if init is not None else {"mode": "none", "pretrained": None},
     }
 
 

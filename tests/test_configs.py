@@ -56,7 +56,17 @@ DCLS_GAUSS = {
     "version": "gauss",
     "share_positions": True,
 }
-MODEL_KEYS = {"name", "timm_name", "num_classes", "drop_path_rate", "pretrained", "in_chans"}
+MODEL_KEYS = {
+    "name",
+    "timm_name",
+    "num_classes",
+    "drop_path_rate",
+    "pretrained",
+    "init",
+    "in_chans",
+}
+# paper §3.1: ConvNeXt-T and ConvFormer-S18 rows start from ImageNet weights, FastViT from scratch
+IMAGENET_ROWS = {n for n in ROWS if not n.startswith("fastvit")}
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +122,7 @@ def test_experiment_equals_paper_table2(hydra_ctx, name):
     assert cfg.optim.name == optim
     assert cfg.trainer.batch_size == batch
     assert cfg.trainer.global_batch_size % batch == 0
+    assert cfg.model.init == ("imagenet" if name in IMAGENET_ROWS else "none")
     if conv == "dcls_gauss":
         assert {k: cfg.conv[k] for k in DCLS_GAUSS} == DCLS_GAUSS
     else:
@@ -226,9 +237,11 @@ def test_slurm_launcher_parameters_make_a_valid_sbatch_script(hydra_ctx, monkeyp
 
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_table1_files_hold_only_what_differs_from_the_defaults(name):
-    """A row names its groups; only ConvFormer's per-device batch differs from the defaults."""
+    """A row names its groups; only ConvFormer's batch and the ImageNet init differ."""
     doc = yaml.safe_load((CONFIGS / "experiment" / "table1" / f"{name}.yaml").read_text())
     extra = {"trainer": {"batch_size": 64}} if name.startswith("convformer") else {}
+    if name in IMAGENET_ROWS:
+        extra["model"] = {"init": "imagenet"}
     assert {k: v for k, v in doc.items() if k != "defaults"} == extra
     assert all(next(iter(d)).startswith("override /") for d in doc["defaults"])
 
@@ -272,3 +285,22 @@ def test_demo_config_builds_a_small_dcls_convnext(hydra_ctx):
     assert len(dcls) == 6 and {m.dilated_kernel_size for m in dcls} == {(11, 11)}
     assert [s.blocks[0].gamma[0].item() for s in model.stages] == pytest.approx([0.1] * 4)
     assert 0.6e6 < sum(p.numel() for p in model.parameters()) < 0.8e6
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_imagenet_rows_fail_at_build_naming_the_file(hydra_ctx, name):
+    """Without model.pretrained an ImageNet row stops before training and says what to supply."""
+    from dcls_audio.models import build_model
+
+    cfg = _experiment(name, "data=synthetic", "model.drop_path_rate=0.0")
+    if name not in IMAGENET_ROWS:
+        assert cfg.model.init == "none" and cfg.model.pretrained is None
+        return
+    want = "convnext_dcls_gauss_tiny_1k_224_ema.pth" if name == "convnext_t_dcls_gauss" else ""
+    with pytest.raises(ValueError, match=rf"model.init=imagenet needs model.pretrained=.*{want}"):
+        build_model(cfg.model, cfg.conv)
+
+
+def test_default_config_trains_from_scratch(hydra_ctx):
+    cfg = compose("train")
+    assert cfg.model.init == "none" and cfg.model.pretrained is None

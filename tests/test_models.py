@@ -373,19 +373,30 @@ def atto_checkpoint(tmp_path_factory):
     return path, src.state_dict()
 
 
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
 def _check_loaded(net: nn.Module, source: dict, report, stem: str, classifier: str) -> None:
+    """init=imagenet: everything but the image stem and the classifier loads, exactly."""
     own = net.state_dict()
     assert report.loaded, "nothing loaded"
     for key in report.loaded:
         torch.testing.assert_close(own[key], source[key], rtol=0, atol=0)
-    body = [k for k in source if not k.startswith((stem + ".", classifier + "."))]
-    assert set(report.loaded) | set(report.swapped) == set(body)
-    assert sorted(report.classifier) == sorted(k for k in source if k.startswith(classifier + "."))
-    assert sorted(report.stem) == sorted(k for k in source if k.startswith(stem + "."))
-    assert not report.shape_mismatch and not report.unexpected and not report.missing
+    body = [k for k in source if not _under(k, stem) and not _under(k, classifier)]
+    assert set(report.loaded) == set(body)
+    assert report.skipped["classifier"] == sorted(k for k in source if _under(k, classifier))
+    assert report.skipped["image stem"] == sorted(k for k in source if _under(k, stem))
+    assert report.new["classifier"] == sorted(k for k in own if _under(k, classifier))
+    assert report.new["audio stem"] == sorted(k for k in own if _under(k, stem_conv_name(
+        model_family(net))))  # fmt: skip
     # the classifier and the audio stem keep their fresh init, not the file's tensors
     head_w = net.get_submodule(classifier).weight
     assert head_w.shape[0] == 527 and not torch.equal(head_w, source[classifier + ".weight"][:527])
+
+
+def _imagenet(model: str, conv: str, path) -> tuple[dict, dict]:
+    return cfgs(model, conv, pretrained=str(path), init="imagenet")
 
 
 @pytest.mark.parametrize(
@@ -403,24 +414,18 @@ def test_pretrained_loads_matching_weights(tmp_path, model, timm_name, stem, cla
     path = tmp_path / "imagenet.pth"
     torch.save(src, path)
     torch.manual_seed(6)
-    net = build_model(*cfgs(model, "dsc", pretrained=str(path)))
+    net = build_model(*_imagenet(model, "dsc", path))
     report = net.build_info["pretrained"]
     _check_loaded(net, src, report, stem, classifier)
-    assert report.swapped == []
+    assert net.build_info["init_record"]["mode"] == "imagenet"
     assert type(stem_conv(net)) is nn.Conv2d and stem_conv(net).in_channels == 1
 
 
-def test_pretrained_then_dcls_reports_unused_depthwise_weights(atto_checkpoint):
-    path, src = atto_checkpoint
-    net = build_model(*cfgs("convnext_atto", "dcls_gauss", pretrained=str(path)))
-    report = net.build_info["pretrained"]
-    swapped = net.build_info["swapped"]
-    assert sorted(report.swapped) == sorted(f"{n}.{p}" for n in swapped for p in ("weight", "bias"))
-    _check_loaded(net, src, report, "stem.0", "head.fc")
-    for name in swapped:  # fresh DCLS layers: N(0, 0.02) weights, zero bias
-        layer = net.get_submodule(name)
-        assert isinstance(layer, Dcls2d) and torch.all(layer.bias == 0)
-    assert "replaced by DCLS 24" in report.summary()
+def test_dsc_imagenet_weights_do_not_load_into_a_dcls_model(atto_checkpoint):
+    """DCLS rows start from DCLS ImageNet files; a DSC file is a named error, never ignored."""
+    path, _ = atto_checkpoint
+    with pytest.raises(ValueError, match="holds DSC layers.*choose conv=dsc"):
+        build_model(*_imagenet("convnext_atto", "dcls_gauss", path))
 
 
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "ddp", "safetensors"])
@@ -439,29 +444,35 @@ def test_pretrained_file_formats(tmp_path, atto_checkpoint, wrap):
             "ddp": {"module." + k: v for k, v in src.items()},
         }[wrap]
         torch.save(obj, path)
-    net = build_model(*cfgs("convnext_atto", "dsc", pretrained=str(path)))
+    net = build_model(*_imagenet("convnext_atto", "dsc", path))
     _check_loaded(net, src, net.build_info["pretrained"], "stem.0", "head.fc")
 
 
 def test_pretrained_errors(tmp_path, atto_checkpoint):
-    m, c = cfgs("convnext_atto", "dsc", pretrained=str(tmp_path / "missing.pth"))
     with pytest.raises(FileNotFoundError, match="missing.pth: no such file"):
-        build_model(m, c)
+        build_model(*_imagenet("convnext_atto", "dsc", tmp_path / "missing.pth"))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read a state_dict"):
-        build_model(*cfgs("convnext_atto", "dsc", pretrained=str(garbage)))
+    with pytest.raises(ValueError, match="cannot be loaded safely"):
+        build_model(*_imagenet("convnext_atto", "dsc", garbage))
     # a checkpoint of another architecture: names match, shapes do not
     other = tmp_path / "femto.pth"
     torch.save(timm.create_model("convnext_femto", num_classes=1000).state_dict(), other)
-    with pytest.raises(ValueError, match=r"only 0 of the \d+ tensors of ConvNeXt"):
-        build_model(*cfgs("convnext_atto", "dsc", pretrained=str(other)))
-    # a partial file (a third of the tensors) is refused as mismatched
+    want = r"'stages.0.blocks.0.conv_dw.weight: file \(48, 1, 7, 7\) vs model \(40, 1, 7, 7\)'"
+    with pytest.raises(ValueError, match="shape mismatches .*" + want):
+        build_model(*_imagenet("convnext_atto", "dsc", other))
+    # a partial file is refused, naming what is missing
     path, src = atto_checkpoint
     part = tmp_path / "part.pth"
     torch.save(dict(list(src.items())[: len(src) // 3]), part)
-    with pytest.raises(ValueError, match="need 50%"):
-        build_model(*cfgs("convnext_atto", "dsc", pretrained=str(part)))
+    with pytest.raises(ValueError, match=r"model tensors not in the file \['head.norm.bias'"):
+        build_model(*_imagenet("convnext_atto", "dsc", part))
+    with pytest.raises(ValueError, match="model.init=none"):
+        build_model(*cfgs("convnext_atto", "dsc", pretrained=str(path)))
+    with pytest.raises(ValueError, match="model.init=finetune needs model.pretrained"):
+        build_model(*cfgs("convnext_atto", "dsc", init="finetune"))
+    with pytest.raises(ValueError, match="model.init='scratch'"):
+        build_model(*cfgs("convnext_atto", "dsc", init="scratch"))
 
 
 # ---------------------------------------------------------------- model table

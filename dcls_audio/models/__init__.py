@@ -1,6 +1,6 @@
 """Model zoo: timm models with the audio stem and a DSC or DCLS depthwise conv choice."""
 
-from .pretrained import PretrainedReport, load_pretrained
+from .pretrained import INIT_MODES, LoadReport, init_from_checkpoint
 from .reparam import reparameterize
 from .stem import model_family, replace_stem
 from .zoo import (
@@ -19,10 +19,11 @@ __all__ = [
     "MODEL_NAMES",
     "MODEL_SPECS",
     "ModelSpec",
-    "PretrainedReport",
+    "INIT_MODES",
+    "LoadReport",
     "build_model",
     "list_models",
-    "load_pretrained",
+    "init_from_checkpoint",
     "model_family",
     "replace_stem",
     "reparameterize",

@@ -1,8 +1,12 @@
-"""Checkpoint -> model: the one way commands (tagging, plots, evaluation) get a trained model.
+"""Checkpoint -> model: the one way commands (tagging, plots, evaluation, export) get a model.
 
 Files are read with ``torch.load(weights_only=True)`` only: a checkpoint is data, never code.
 A run's ``last.pt``/``best.pt`` carries its resolved config, which rebuilds the architecture
-(model and conv choice) before the weights load strictly.
+(model and conv choice) before the weights load strictly. Any other file (the DCLS-Audio authors'
+AudioSet checkpoints, state dicts in official or timm names) is read by
+:mod:`dcls_audio.models.foreign`: the architecture comes from ``model``/``conv`` when given,
+else from the file (its ``args`` or its tensors), and the weights load strictly through
+:func:`dcls_audio.models.pretrained.load_source`.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .foreign import WRAPPER_PREFIXES, infer_architecture, read_source
+from .pretrained import LoadReport, load_source
 from .zoo import build_model
-
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP/EMA wrappers, torch.compile
 
 
 @dataclass
@@ -29,6 +33,7 @@ class LoadedModel:
     class_names: list[str]
     config: dict[str, Any]
     path: Path
+    report: LoadReport | None = None  # how a foreign file was mapped; None for our checkpoints
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -78,20 +83,57 @@ def class_names_for(ckpt: dict[str, Any], num_classes: int) -> list[str]:
 
 
 def load_model(
-    path: str | os.PathLike, prefer_ema: bool = True, device: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    prefer_ema: bool = True,
+    device: str | torch.device = "cpu",
+    model: str | None = None,
+    conv: str | None = None,
+    fmt: str = "auto",
 ) -> LoadedModel:
-    """Rebuild a checkpoint's model and load its EMA weights (when present and preferred)."""
+    """Rebuild a checkpoint's model and load its EMA weights (when present and preferred).
+
+    ``model``/``conv`` (zoo and conv config names) choose the architecture of a foreign file;
+    ``fmt`` names its layout when detection is not wanted (see :data:`foreign.FORMATS`).
+    """
+    source = read_source(path, prefer_ema=prefer_ema, fmt=fmt)
+    if source.config is None:
+        return _load_foreign(source, device, model, conv)
+    if model is not None or conv is not None:
+        raise ValueError(
+            f"checkpoint {path}: a dcls-audio checkpoint carries its own model and conv config; "
+            "--model/--conv apply to other files only"
+        )
     ckpt = read_checkpoint(path)
     config = ckpt["config"]
-    model_cfg = {**config["model"], "pretrained": None}  # weights come from the checkpoint
-    model = build_model(model_cfg, config["conv"])
+    # weights come from the checkpoint (older checkpoints have no model.init)
+    model_cfg = {**config["model"], "pretrained": None, "init": "none"}
+    net = build_model(model_cfg, config["conv"])
     which = "ema" if prefer_ema and ckpt.get("ema") is not None else "model"
     try:
-        model.load_state_dict(strip_prefixes(ckpt[which]))
+        net.load_state_dict(strip_prefixes(ckpt[which]))
     except RuntimeError as err:
         raise ValueError(
             f"checkpoint {path}: {which} weights do not fit its config ({err})"
         ) from err
-    model.to(device).eval()
+    net.to(device).eval()
     num_classes = int(model_cfg["num_classes"])
-    return LoadedModel(model, which, class_names_for(ckpt, num_classes), config, Path(path))
+    return LoadedModel(net, which, class_names_for(ckpt, num_classes), config, Path(path))
+
+
+def _load_foreign(
+    source: Any, device: str | torch.device, model: str | None, conv: str | None
+) -> LoadedModel:
+    """Build the zoo model a foreign file holds and load it strictly (same class count)."""
+    from dcls_audio.config import load_group
+
+    name, conv_name, num_classes = infer_architecture(source)
+    name, conv_name = model or name, conv or conv_name
+    over = [f"data.num_classes={num_classes}"]
+    config = {"model": load_group("model", name, over), "conv": load_group("conv", conv_name)}
+    net = build_model(config["model"], config["conv"])
+    report = load_source(net, source, "finetune")
+    if report.new.get("classifier"):
+        raise ValueError(f"checkpoint {source.path}: its classifier does not fit {name}")
+    net.to(device).eval()
+    names = class_names_for({}, num_classes)
+    return LoadedModel(net, source.weights, names, config, source.path, report)

@@ -1,149 +1,181 @@
-"""Initialisation from a local timm / ImageNet checkpoint file (never downloaded).
+"""Initialise a built model from a checkpoint file (``model.init`` = imagenet | finetune).
 
-Weights are loaded into the plain timm model *before* the audio stem and the DCLS swap, so the
-checkpoint's keys and shapes are those of the image model:
+The model is complete when weights load: audio stem in place and DCLS layers swapped in, so
+the P, SIG and DCLS weights of a DCLS checkpoint load too. Loading is strict: every tensor of
+the file is used or skipped for a stated reason, every tensor of the model is loaded or is new
+for a stated reason, and anything else is an error naming the keys and shapes.
 
-- every tensor whose name and shape match is copied;
-- the classifier (timm's ``pretrained_cfg["classifier"]``) is skipped and keeps its fresh init;
-- the image stem is loaded and then thrown away when the audio stem replaces it (reported as
-  "stem"), so the audio stem is always freshly initialised;
-- depthwise 7x7 weights load into the DSC layers; with a DCLS conv choice those layers are then
-  replaced by new DCLS layers, so their ImageNet weights are not used (reported as "swapped").
+- ``imagenet``: an image model's weights (timm, official, or the DCLS authors' ImageNet DCLS
+  files). The image stem and the classifier are skipped (the audio stem and the head stay new),
+  as the paper does; every other tensor must match.
+- ``finetune``: an audio model's weights (our run checkpoints or the DCLS-Audio authors' files):
+  the audio stem loads; the classifier is replaced (new) only when the class count differs.
+  A stem conv without bias in the file (the authors' ConvFormer and FastViT) leaves our stem's
+  bias at zero, which computes the same function.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from timm.models import load_state_dict
 from torch import nn
 
+from .foreign import Source, read_source, to_model_names
 from .stem import model_family, stem_conv_name
 
 log = logging.getLogger(__name__)
 
-_FILTERS = {}
-
-
-def _checkpoint_filter(family: str):
-    """timm's remapping of original checkpoints of ``family``; timm-format ones pass through."""
-    if not _FILTERS:
-        from timm.models import convnext, fastvit, metaformer
-
-        _FILTERS.update(
-            convnext=convnext.checkpoint_filter_fn,
-            metaformer=metaformer.checkpoint_filter_fn,
-            fastvit=fastvit.checkpoint_filter_fn,
-        )
-    return _FILTERS[family]
+INIT_MODES = ("none", "imagenet", "finetune")
+# what the image stem is called in an image checkpoint, in timm names
+_IMAGE_STEM = {"convnext": "stem.0", "metaformer": "stem.conv", "fastvit": "stem"}
 
 
 @dataclass
-class PretrainedReport:
-    """What a checkpoint load did: tensors loaded and skipped, by reason."""
+class LoadReport:
+    """What a checkpoint load did: tensors loaded, skipped (file) and new (model), by reason."""
 
     path: str
+    mode: str
+    format: str = ""
+    weights: str = ""
     loaded: list[str] = field(default_factory=list)
-    classifier: list[str] = field(default_factory=list)
-    stem: list[str] = field(default_factory=list)
-    shape_mismatch: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    swapped: list[str] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> file tensors
+    new: dict[str, list[str]] = field(default_factory=dict)  # reason -> model tensors at init
+
+    @property
+    def missing(self) -> list[str]:
+        """Model tensors not taken from the file (all reasons)."""
+        return sorted(k for keys in self.new.values() for k in keys)
 
     def summary(self) -> str:
-        """One line with the counts of each category."""
+        """One line: counts of loaded, skipped and new tensors with their reasons."""
+        skipped = ", ".join(f"{r} {len(k)}" for r, k in self.skipped.items() if k) or "none"
+        new = ", ".join(f"{r} {len(k)}" for r, k in self.new.items() if k) or "none"
         return (
-            f"pretrained {self.path}: loaded {len(self.loaded)} tensors; "
-            f"skipped: classifier {len(self.classifier)}, stem {len(self.stem)}, "
-            f"shape mismatch {len(self.shape_mismatch)}, not in model {len(self.unexpected)}, "
-            f"replaced by DCLS {len(self.swapped)}; left at init (not in file) {len(self.missing)}"
+            f"init={self.mode} from {self.path} ({self.format} layout, '{self.weights}' "
+            f"weights): loaded {len(self.loaded)} tensors; skipped from the file: {skipped}; "
+            f"new in the model: {new}"
         )
 
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read tensors from .pth/.pt/.bin (plain or under 'state_dict'/'model') or .safetensors."""
-    try:
-        state = load_state_dict(str(path), use_ema=False, device="cpu", weights_only=True)
-    except Exception as err:  # unpickling / safetensors errors carry little context on their own
-        raise ValueError(
-            f"model.pretrained={path}: cannot read a state_dict from this file "
-            f"(expected a torch .pth/.pt or .safetensors checkpoint): {err}"
-        ) from err
-    if not isinstance(state, dict) or not state:
-        raise ValueError(f"model.pretrained={path}: file holds no tensors")
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise ValueError(
-            f"model.pretrained={path}: expected a dict of tensors (or one under 'state_dict' or "
-            f"'model'), found keys {sorted(state)[:8]}"
-        )
-    return tensors
+    def as_dict(self) -> dict:
+        """JSON-ready form (for results and logs)."""
+        return {
+            "path": self.path,
+            "mode": self.mode,
+            "format": self.format,
+            "weights": self.weights,
+            "loaded": len(self.loaded),
+            "skipped": {r: list(k) for r, k in self.skipped.items()},
+            "new": {r: list(k) for r, k in self.new.items()},
+        }
 
 
-def load_pretrained(
-    model: nn.Module,
-    path: str | Path,
-    min_fraction: float = 0.5,
-) -> PretrainedReport:
-    """Load every matching tensor of checkpoint ``path`` into the (unmodified) timm ``model``.
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
 
-    Raises FileNotFoundError for a missing file and ValueError when the file matches less than
-    ``min_fraction`` of the model's tensors outside the stem and classifier (wrong architecture).
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model.pretrained={path}: no such file (a local timm/ImageNet checkpoint is expected; "
-            f"nothing is downloaded)"
-        )
-    family = model_family(model)
-    state = _read_state_dict(path)
-    try:
-        state = _checkpoint_filter(family)(state, model)
-    except KeyError as err:
-        raise ValueError(
-            f"model.pretrained={path}: not a checkpoint of a {type(model).__name__} model "
-            f"(key {err} has no counterpart)"
-        ) from err
 
-    classifier = model.pretrained_cfg.get("classifier", "head.fc")
-    classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+def classifier_name(model: nn.Module) -> str:
+    """Qualified name of the last (class-count) layer, from timm's pretrained_cfg."""
+    name = getattr(model, "pretrained_cfg", {}).get("classifier", "head.fc")
+    return name[0] if isinstance(name, (list, tuple)) else name
 
-    def under(key: str, prefixes: tuple[str, ...]) -> bool:
-        return any(key == p or key.startswith(p + ".") for p in prefixes)
 
+def _shared_groups(model: nn.Module) -> list[list[str]]:
+    """Names of state-dict entries that are one shared Parameter (DCLS positions per stage)."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _fmt(keys: list[str], n: int = 8) -> str:
+    return f"{keys[:n]}{' ...' if len(keys) > n else ''}"
+
+
+def load_source(model: nn.Module, source: Source, mode: str) -> LoadReport:
+    """Load ``source``'s tensors into ``model`` as ``mode`` says; strict, with a report."""
+    if mode not in INIT_MODES[1:]:
+        raise ValueError(f"model.init={mode!r}; loading needs one of {INIT_MODES[1:]}")
+    path = str(source.path)
+    state = to_model_names(source, model)
     own = model.state_dict()
-    report = PretrainedReport(path=str(path))
+    family = model_family(model)
+    stem = stem_conv_name(family)
+    head = classifier_name(model)
+    report = LoadReport(path, mode, source.format, source.weights)
+    skipped: dict[str, list[str]] = {"image stem": [], "classifier": []}
+    new: dict[str, list[str]] = {"audio stem": [], "classifier": [], "stem bias (zero)": []}
+
+    replace_head = mode == "imagenet"
+    head_w = head + ".weight"
+    if mode == "finetune" and head_w in state and head_w in own:
+        replace_head = state[head_w].shape != own[head_w].shape
     to_load = {}
     for key, value in state.items():
-        if under(key, classifier):
-            report.classifier.append(key)
-        elif key not in own:
-            report.unexpected.append(key)
-        elif own[key].shape != value.shape:
-            report.shape_mismatch.append(key)
+        if mode == "imagenet" and _under(key, _IMAGE_STEM[family]):
+            skipped["image stem"].append(key)
+        elif replace_head and _under(key, head):
+            skipped["classifier"].append(key)
         else:
             to_load[key] = value
-    # stem tensors are loaded (so timm's norms after the ConvNeXt/MetaFormer stem conv keep theirs)
-    # but the conv itself is replaced by the audio stem afterwards
-    replaced = (stem_conv_name(family),)
-    report.stem = sorted(k for k in state if under(k, replaced))
-    report.shape_mismatch = [k for k in report.shape_mismatch if k not in report.stem]
-    report.loaded = sorted(k for k in to_load if k not in report.stem)
-    body = [k for k in own if not under(k, classifier) and not under(k, replaced)]
-    report.missing = sorted(k for k in body if k not in to_load)
-    matched = len(body) - len(report.missing)
-    if matched == 0 or matched < min_fraction * len(body):
+    fill = {}
+    for key in own:
+        if key in to_load:
+            continue
+        if mode == "imagenet" and _under(key, stem):
+            new["audio stem"].append(key)
+        elif replace_head and _under(key, head):
+            new["classifier"].append(key)
+        elif mode == "finetune" and key == stem + ".bias" and stem + ".weight" in to_load:
+            new["stem bias (zero)"].append(key)
+            fill[key] = torch.zeros_like(own[key])
+
+    unexpected = sorted(k for k in to_load if k not in own)
+    shapes = [
+        f"{k}: file {tuple(to_load[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(to_load)
+        if k in own and to_load[k].shape != own[k].shape
+    ]
+    accounted = set(to_load) | {k for keys in new.values() for k in keys}
+    missing = sorted(k for k in own if k not in accounted)
+    if unexpected or shapes or missing:
         raise ValueError(
-            f"model.pretrained={path}: only {matched} of the {len(body)} tensors of "
-            f"{type(model).__name__} outside its stem and classifier match the file by name and "
-            f"shape (need {min_fraction:.0%}); is it a checkpoint of this architecture? "
-            f"{len(report.shape_mismatch)} shape mismatches, e.g. {report.shape_mismatch[:3]}; "
-            f"{len(report.unexpected)} unknown keys, e.g. {report.unexpected[:3]}"
+            f"checkpoint {path} ({source.format} layout, '{source.weights}' weights) does not fit "
+            f"the {type(model).__name__} model (init={mode}): "
+            f"{len(unexpected)} file tensors not in the model {_fmt(unexpected)}; "
+            f"{len(shapes)} shape mismatches {_fmt(shapes, 4)}; "
+            f"{len(missing)} model tensors not in the file {_fmt(missing)}"
         )
-    model.load_state_dict(to_load, strict=False)
+    for names in _shared_groups(model):
+        values = [to_load[n] for n in names if n in to_load]
+        if any(not torch.equal(values[0], v) for v in values[1:]):
+            raise ValueError(
+                f"checkpoint {path}: tensors {names} are one shared parameter in the model "
+                "(DCLS positions shared per stage) but differ in the file; build the model with "
+                "conv.share_positions=false"
+            )
+    result = model.load_state_dict({**to_load, **fill}, strict=False)
+    left = sorted(set(result.missing_keys) - {k for keys in new.values() for k in keys})
+    if left or result.unexpected_keys:  # cannot happen after the checks above
+        raise RuntimeError(f"checkpoint {path}: load left {left} / {result.unexpected_keys}")
+    report.loaded = sorted(to_load)
+    report.skipped = {r: sorted(k) for r, k in skipped.items() if k}
+    report.new = {r: sorted(k) for r, k in new.items() if k}
+    return report
+
+
+def init_from_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    mode: str,
+    *,
+    fmt: str = "auto",
+    prefer_ema: bool = True,
+) -> LoadReport:
+    """Initialise a built zoo model from ``path`` (``mode`` imagenet or finetune); report it."""
+    report = load_source(model, read_source(path, prefer_ema=prefer_ema, fmt=fmt), mode)
+    log.info(report.summary())
     return report

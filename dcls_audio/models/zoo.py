@@ -1,4 +1,4 @@
-"""Model zoo: timm model → (optional ImageNet weights) → audio stem → conv choice → init.
+"""Model zoo: timm model → audio stem → conv choice → (optional) weights from a checkpoint.
 
 ``build_model(cfg.model, cfg.conv)`` builds the paper's three models (ConvNeXt-T, ConvFormer-S18,
 FastViT-SA24) and a small ConvNeXt-atto for demos and tests, from timm's maintained code, with
@@ -16,7 +16,7 @@ import timm
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .pretrained import load_pretrained
+from .pretrained import INIT_MODES, init_from_checkpoint
 from .stem import replace_stem
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ MODEL_KEYS = (
     "num_classes",
     "drop_path_rate",
     "pretrained",
+    "init",
     "in_chans",
     "stem_kernel",
     "timm_kwargs",
@@ -67,6 +68,17 @@ CONV_KEYS = {
         "version",
         "share_positions",
     ),
+}
+# The file each Table-1 row starts from (paper §3.1), named when model.init=imagenet lacks one.
+PAPER_INIT_FILES = {
+    ("convnext_t", "dsc"): "convnext_tiny_1k_224_ema.pth (official ConvNeXt ImageNet-1k) or timm's "
+    "convnext_tiny weights",
+    ("convnext_t", "dcls_gauss"): "convnext_dcls_gauss_tiny_1k_224_ema.pth (the DCLS authors' "
+    "ImageNet-1k ConvNeXt-T DCLS-Gauss, Zenodo record 8029747)",
+    ("convformer_s18", "dsc"): "convformer_s18.pth (official MetaFormer ImageNet-1k) or timm's "
+    "convformer_s18 weights",
+    ("convformer_s18", "dcls_gauss"): "the DCLS authors' ImageNet-1k ConvFormer-S18 DCLS-Gauss "
+    "checkpoint (official MetaFormer names)",
 }
 # set by build_model itself; not accepted in model.timm_kwargs
 _RESERVED_TIMM_KWARGS = ("pretrained", "num_classes", "in_chans", "drop_path_rate")
@@ -104,13 +116,13 @@ def _check_int(cfg: Mapping[str, Any], key: str, what: str, minimum: int) -> int
 def build_model(model_cfg: Any, conv_cfg: Any) -> nn.Module:
     """Build a zoo model for (N, in_chans, 128, 1001) spectrograms → (N, num_classes) logits.
 
-    ``model_cfg`` keys: name, timm_name, num_classes, drop_path_rate, pretrained, in_chans,
-    stem_kernel, timm_kwargs (extra keyword arguments of the timm constructor, e.g.
-    ``ls_init_value`` of ConvNeXt). ``conv_cfg`` keys: name, type (dsc|dcls), kernel_size,
-    dilated_kernel_size, kernel_count, version (gauss|bilinear), share_positions (the DCLS keys
-    only for type dcls).
-    The returned model carries ``build_info`` (dict: name, conv, swapped layer names,
-    pretrained report or None).
+    ``model_cfg`` keys: name, timm_name, num_classes, drop_path_rate, pretrained, init
+    (none|imagenet|finetune, see :mod:`.pretrained`), in_chans, stem_kernel, timm_kwargs (extra
+    keyword arguments of the timm constructor, e.g. ``ls_init_value`` of ConvNeXt).
+    ``conv_cfg`` keys: name, type (dsc|dcls), kernel_size, dilated_kernel_size, kernel_count,
+    version (gauss|bilinear), share_positions (the DCLS keys only for type dcls).
+    The returned model carries ``build_info`` (dict: name, conv, swapped layer names, init,
+    the LoadReport of ``model.pretrained`` or None).
     """
     mcfg = _plain(model_cfg, "model", MODEL_KEYS)
     conv_type = conv_cfg.get("type") if isinstance(conv_cfg, Mapping) else None
@@ -153,28 +165,47 @@ def build_model(model_cfg: Any, conv_cfg: Any) -> nn.Module:
         raise ValueError(
             f"model.timm_kwargs={dict(extra)} not accepted by timm model {timm_name!r}: {err}"
         ) from err
-    report = None
-    if mcfg["pretrained"]:
-        report = load_pretrained(model, mcfg["pretrained"])
+    init, pretrained = _check_init(mcfg, name, ccfg["name"])
     replace_stem(model, kernel=mcfg["stem_kernel"], in_chans=in_chans)
-
     swapped: list[str] = []
     if ccfg["type"] == "dcls":
         swapped = _swap_convs(model, ccfg)
-        if report is not None:
-            done = tuple(n + "." for n in swapped)
-            report.swapped = [k for k in report.loaded if k.startswith(done)]
-            report.loaded = [k for k in report.loaded if not k.startswith(done)]
-    if report is not None:
-        log.info(report.summary())
+    # weights load into the finished model, so DCLS checkpoints load their P, SIG and weights
+    report = init_from_checkpoint(model, pretrained, init) if init != "none" else None
     model.build_info = {
         "name": name,
         "timm_name": timm_name,
         "conv": ccfg["name"],
         "swapped": swapped,
+        "init": init,
         "pretrained": report,
+        # what results.json records: how the weights started
+        "init_record": {
+            "mode": init,
+            "pretrained": str(pretrained) if pretrained else None,
+            **({"report": report.summary()} if report is not None else {}),
+        },
     }
     return model
+
+
+def _check_init(mcfg: Mapping[str, Any], name: str, conv: str) -> tuple[str, str | None]:
+    """Validate model.init against model.pretrained; the error names the file to supply."""
+    init, pretrained = mcfg["init"], mcfg["pretrained"]
+    if init not in INIT_MODES:
+        raise ValueError(f"model.init={init!r}; expected one of {list(INIT_MODES)}")
+    if init == "none" and pretrained:
+        raise ValueError(
+            f"model.pretrained={pretrained} is set but model.init=none; set model.init=imagenet "
+            "(image weights: stem and head skipped) or model.init=finetune (audio weights)"
+        )
+    if init != "none" and not pretrained:
+        wanted = PAPER_INIT_FILES.get((name, conv), "a local checkpoint file of this model")
+        raise ValueError(
+            f"model.init={init} needs model.pretrained=PATH (nothing is downloaded): supply "
+            f"{wanted}; or train from scratch with model.init=none"
+        )
+    return init, pretrained
 
 
 def _swap_convs(model: nn.Module, ccfg: Mapping[str, Any]) -> list[str]:

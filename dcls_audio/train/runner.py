@@ -184,6 +184,7 @@ def _train(
                 train_samples_per_s=state.train_samples / max(state.train_time_s, 1e-9),
                 epochs_trained=state.epoch, steps=state.step, world_size=env.world_size,
                 class_names=names,
+                init=model.build_info["init_record"],
             )  # fmt: skip
             results_io.write_json(results_path, doc)
             logger.print(f"results written to {results_path}: mAP {metrics['map']:.4f}")
