@@ -167,7 +167,7 @@ def infer_architecture(source: Source) -> tuple[str, str, int]:
         )
     width = next((state[k].shape[0] for k in _STEM_KEYS[family] if k in state), None)
     name = _MODEL_BY_STEM.get((family, width))
-    if source.author_model in AUTHOR_MODELS:
+    if name is None and source.author_model in AUTHOR_MODELS:  # the tensors decide first
         name = AUTHOR_MODELS[source.author_model][0]
     if name is None:
         raise ValueError(
