@@ -53,6 +53,8 @@ METRICS: dict[str, tuple[str, float, int]] = {
     "map": ("mAP (%)", 100.0, 2),
     "mauc": ("mAUC (%)", 100.0, 2),
     "dprime": ("d′", 1.0, 3),
+    "accuracy": ("accuracy (%)", 100.0, 2),  # multiclass runs (data.task=multiclass)
+    "macro_f1": ("macro-F1 (%)", 100.0, 2),
     "map_ema": ("mAP EMA (%)", 100.0, 2),
     "params": ("params (M)", 1e-6, 2),
     "train_samples_per_s": ("train samples/s", 1.0, 1),
@@ -163,7 +165,9 @@ def load_groups(paths: list[Path]) -> dict[tuple[str, str, str], Group]:
             (*key, fingerprint), Group(*key, label=conv_label(cfg["conv"]), settings=settings)
         )
         g.paths.append(path)
-        g.seeds.append(res.get("seed", cfg.get("seed")))
+        seed = res.get("seed", cfg.get("seed"))
+        fold = cfg["data"].get("fold") if isinstance(cfg.get("data"), dict) else None
+        g.seeds.append(seed if fold is None else f"{seed}/fold{fold}")  # folds count like seeds
         optim = cfg.get("optim")
         if isinstance(optim, dict) and "name" in optim:
             g.optims.add(str(optim["name"]))

@@ -36,8 +36,11 @@ INFO_KEYS = (
     "world_size",
     "init",
     "class_names",
+    "task",
 )
-# metrics every results.json holds (compute_metrics' keys plus the clip count)
+# metrics every results.json holds (compute_metrics' keys plus the clip count); multiclass runs
+# (task "multiclass") add dcls_audio.train.tasks.MULTICLASS_KEYS: accuracy, macro_f1,
+# per_class_recall, confusion_matrix
 METRIC_KEYS = (
     "map",
     "mauc",
@@ -121,6 +124,7 @@ def build_results(
     world_size: int,
     class_names: list[str],
     init: Mapping[str, Any] | None = None,
+    task: str = "multilabel",
 ) -> dict[str, Any]:
     """The results.json document of a finished run: its metrics, then what describes the run."""
     missing = [k for k in METRIC_KEYS if k not in metrics]
@@ -142,6 +146,7 @@ def build_results(
         "world_size": int(world_size),
         "class_names": list(class_names),
         "init": dict(init) if init is not None else {"mode": "none", "pretrained": None},
+        "task": str(task),
     }
 
 
@@ -205,6 +210,9 @@ def format_results(results: Mapping[str, Any]) -> str:
     lines.append("")
     summary = (("mAP", "map"), ("mAUC", "mauc"), ("d'", "dprime"))
     lines.append("  ".join(f"{label} {metric_value(results[key]):.4f}" for label, key in summary))
+    if "accuracy" in results:  # multiclass runs
+        acc, f1 = metric_value(results["accuracy"]), metric_value(results["macro_f1"])
+        lines.append(f"accuracy {acc:.4f}  macro-F1 {f1:.4f}")
     if "map_ema" in results:
         lines.append(
             "  ".join(

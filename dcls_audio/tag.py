@@ -5,9 +5,11 @@ Usage::
     dcls-audio-tag AUDIO... --checkpoint CKPT [--top-k 10] [--json] [--device cpu]
 
 Each file is read with soundfile (any format, sample rate and channel count it supports), mixed
-down to mono, resampled to 32 kHz and cut into 10 s windows (hop 10 s; the last window, or a file
-shorter than 10 s, is zero-padded). Every window goes through the log-mel frontend and the model;
-sigmoid probabilities are reported per window and for the whole file. The whole-file score of a
+down to mono, resampled to 32 kHz and cut into windows of the run's clip length
+(``data.clip_seconds``, 10 s for AudioSet; hop = window; the last window, or a shorter file, is
+zero-padded). Every window goes through the log-mel frontend and the model; sigmoid
+probabilities (softmax for a ``data.task=multiclass`` model) are reported per window and for the
+whole file. The whole-file score of a
 class is the **mean** of its window probabilities (the `max` over windows is reported beside it).
 """
 
@@ -46,15 +48,18 @@ class Tagger:
     class_names: list[str]
     device: torch.device
     weights: str  # "ema" or "model": which state dict of the checkpoint is loaded
+    window_samples: int = WINDOW_SAMPLES  # the training clip length (data.clip_seconds)
+    activation: str = "sigmoid"  # "softmax" for a data.task=multiclass model
 
     @torch.inference_mode()
     def probabilities(self, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-        """Sigmoid probabilities (W, C) of a batch of 10 s windows (W, 320000) at 32 kHz."""
+        """Sigmoid (multiclass: softmax) probabilities (W, C) of windows (W, samples) at 32 kHz."""
         out = []
         for start in range(0, windows.shape[0], batch_size):
             chunk = windows[start : start + batch_size].to(self.device)
-            logits = self.model(self.frontend(chunk))
-            out.append(torch.sigmoid(logits.float()).cpu())
+            logits = self.model(self.frontend(chunk)).float()
+            probs = logits.softmax(1) if self.activation == "softmax" else logits.sigmoid()
+            out.append(probs.cpu())
         return torch.cat(out)
 
 
@@ -66,7 +71,13 @@ def load_tagger(checkpoint: str | Path, device: str = "cpu", prefer_ema: bool = 
     loaded = load_model(checkpoint, prefer_ema=prefer_ema, device=device)
     dev = torch.device(device)
     frontend = LogMelFrontend().to(dev).eval()
-    return Tagger(loaded.model, frontend, loaded.class_names, dev, loaded.weights)
+    # the run's clip length and task; files without them (older runs, foreign files): 10 s tags
+    data = loaded.config.get("data") or {}
+    window = round(float(data.get("clip_seconds", WINDOW_SECONDS)) * SAMPLE_RATE)
+    activation = "softmax" if data.get("task") == "multiclass" else "sigmoid"
+    return Tagger(
+        loaded.model, frontend, loaded.class_names, dev, loaded.weights, window, activation
+    )
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -87,12 +98,12 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return mono.astype(np.float32, copy=False), int(rate)
 
 
-def split_windows(wave: np.ndarray) -> torch.Tensor:
-    """Cut a 32 kHz waveform into 10 s windows (hop 10 s), zero-padding the last one."""
-    n = max(1, math.ceil(len(wave) / WINDOW_SAMPLES))
-    padded = np.zeros(n * WINDOW_SAMPLES, dtype=np.float32)
+def split_windows(wave: np.ndarray, window: int = WINDOW_SAMPLES) -> torch.Tensor:
+    """Cut a 32 kHz waveform into windows (10 s; hop = window), zero-padding the last one."""
+    n = max(1, math.ceil(len(wave) / window))
+    padded = np.zeros(n * window, dtype=np.float32)
     padded[: len(wave)] = wave
-    return torch.from_numpy(padded).view(n, WINDOW_SAMPLES)
+    return torch.from_numpy(padded).view(n, window)
 
 
 def _top(probs: torch.Tensor, names: list[str], k: int) -> list[dict[str, Any]]:
@@ -107,7 +118,8 @@ def _top(probs: torch.Tensor, names: list[str], k: int) -> list[dict[str, Any]]:
 def tag_file(tagger: Tagger, path: str | Path, top_k: int = 10) -> dict[str, Any]:
     """Tag one file: per-window and whole-file (mean and max over windows) top-k labels."""
     wave, rate = read_audio(path)
-    windows = split_windows(wave)
+    windows = split_windows(wave, tagger.window_samples)
+    seconds = tagger.window_samples / SAMPLE_RATE
     probs = tagger.probabilities(windows)
     mean, peak = probs.mean(0), probs.max(0).values
     duration = len(wave) / SAMPLE_RATE
@@ -119,12 +131,13 @@ def tag_file(tagger: Tagger, path: str | Path, top_k: int = 10) -> dict[str, Any
         "input_sample_rate": rate,
         "duration_s": round(duration, 3),
         "num_windows": int(windows.shape[0]),
+        "window_s": seconds,
         "whole_file_score": "mean over windows",
         "top": top_mean,
         "windows": [
             {
-                "start_s": i * WINDOW_SECONDS,
-                "end_s": round(min((i + 1) * WINDOW_SECONDS, duration), 3),
+                "start_s": i * seconds,
+                "end_s": round(min((i + 1) * seconds, duration), 3),
                 "top": _top(probs[i], tagger.class_names, top_k),
             }
             for i in range(windows.shape[0])
@@ -137,7 +150,7 @@ def format_result(result: dict[str, Any]) -> str:
     n = result["num_windows"]
     lines = [
         f"{result['file']}  ({result['duration_s']:.1f} s, {n} window{'s' if n > 1 else ''}"
-        " of 10 s; score = mean over windows)"
+        f" of {result['window_s']:g} s; score = mean over windows)"
     ]
     width = max((len(t["label"]) for t in result["top"]), default=5)
     lines.append(f"  {'label':<{width}}  {'mean':>6}  {'max':>6}")

@@ -19,8 +19,14 @@ log = logging.getLogger(__name__)
 REQUIRED_KEYS = ("audio_name", "waveform", "target")
 
 
-def validate_file(path: Path, num_classes: int) -> np.ndarray:
-    """Check one file's layout; return its ``audio_name`` column. Raises naming file and key."""
+def validate_file(
+    path: Path, num_classes: int, sample_rate: int | None = None, clip_samples: int = CLIP_SAMPLES
+) -> np.ndarray:
+    """Check one file's layout; return its ``audio_name`` column. Raises naming file and key.
+
+    ``sample_rate`` (``data.sample_rate``) states the rate of files that lack the
+    ``sample_rate`` attribute (other packers omit it); None requires the attribute.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"HDF5 file {path} does not exist")
     try:
@@ -32,17 +38,31 @@ def validate_file(path: Path, num_classes: int) -> np.ndarray:
             if key not in f:
                 raise KeyError(f"{path}: missing key '{key}' (expected {list(REQUIRED_KEYS)})")
         sr = f.attrs.get("sample_rate")
-        if sr is None:
-            raise ValueError(f"{path}: missing attribute 'sample_rate' (expected {SAMPLE_RATE})")
-        if int(np.asarray(sr).reshape(-1)[0]) != SAMPLE_RATE:
-            raise ValueError(f"{path}: attribute 'sample_rate' is {sr}, expected {SAMPLE_RATE}")
+        if sr is None and sample_rate is None:
+            raise ValueError(
+                f"{path}: missing attribute 'sample_rate' (expected {SAMPLE_RATE}); if the file "
+                f"holds {SAMPLE_RATE} Hz audio, say so with data.sample_rate={SAMPLE_RATE}"
+            )
+        if sr is not None:
+            sr = int(np.asarray(sr).reshape(-1)[0])
+            if sample_rate is not None and int(sample_rate) != sr:
+                raise ValueError(
+                    f"{path}: attribute 'sample_rate' is {sr} but data.sample_rate={sample_rate}"
+                )
+        rate = sr if sr is not None else int(sample_rate)
+        if rate != SAMPLE_RATE:
+            source = "attribute 'sample_rate'" if sr is not None else "data.sample_rate"
+            raise ValueError(
+                f"{path}: {source} is {rate}, expected {SAMPLE_RATE} (resample when packing)"
+            )
         wav, tgt, names = f["waveform"], f["target"], f["audio_name"]
         if wav.dtype != np.int16:
             raise TypeError(f"{path}: key 'waveform' has dtype {wav.dtype}, expected int16")
-        if wav.ndim != 2 or wav.shape[1] != CLIP_SAMPLES:
+        if wav.ndim != 2 or wav.shape[1] != clip_samples:
             raise ValueError(
-                f"{path}: key 'waveform' has shape {wav.shape}, expected (N, {CLIP_SAMPLES}) "
-                f"(10 s at {SAMPLE_RATE} Hz)"
+                f"{path}: key 'waveform' has shape {wav.shape}, expected (N, {clip_samples}) "
+                f"({clip_samples / SAMPLE_RATE:g} s at {SAMPLE_RATE} Hz: data.clip_seconds); "
+                "set data.clip_seconds to the packed clip length or pack again"
             )
         n = wav.shape[0]
         if tgt.dtype != np.bool_:
@@ -58,6 +78,26 @@ def validate_file(path: Path, num_classes: int) -> np.ndarray:
                 f"expected fixed-length bytes (e.g. S20) of shape ({n},)"
             )
         return names[()]
+
+
+def select_fold(path: Path, rows: int, fold: int, mode: str) -> np.ndarray:
+    """Row mask of fold ``fold`` (mode "only") or of every other fold (mode "exclude")."""
+    with h5py.File(path, "r") as f:
+        if "fold" not in f:
+            raise KeyError(
+                f"{path}: data.fold={fold} but the file has no 'fold' key (pack it with a "
+                "fold column: dcls-audio-pack custom --csv with filename,labels,fold)"
+            )
+        folds = f["fold"][()]
+    if folds.shape != (rows,):
+        raise ValueError(f"{path}: key 'fold' has shape {folds.shape}, expected ({rows},)")
+    if fold not in folds:
+        raise ValueError(
+            f"{path}: data.fold={fold} is not among the file's folds {sorted(set(folds.tolist()))}"
+        )
+    if mode not in ("only", "exclude"):
+        raise ValueError(f"fold mode {mode!r}; expected 'only' or 'exclude'")
+    return (folds == fold) if mode == "only" else (folds != fold)
 
 
 def read_packed_targets(path: Path, rows: np.ndarray, block: int = 65536) -> np.ndarray:
@@ -83,7 +123,9 @@ class AudioSetHDF5(Dataset):
     With ``train=True`` every clip is rolled and
     speed-perturbed with a generator seeded by (seed, epoch, index): the result of an item does
     not depend on the number of workers; ``augment`` sets the roll and speed perturbation
-    (default: the paper's). ``set_epoch`` must be called before creating the epoch's
+    (default: the paper's). ``clip_samples`` is the stored clip length (``data.clip_seconds``);
+    ``fold`` keeps only that fold (``fold_mode="only"``) or every other (``"exclude"``) of files
+    with a ``fold`` key. ``set_epoch`` must be called before creating the epoch's
     iterator (it does not reach already running persistent workers).
     """
 
@@ -94,6 +136,10 @@ class AudioSetHDF5(Dataset):
         train: bool = False,
         seed: int = 0,
         augment: WaveformAugment | None = None,
+        sample_rate: int | None = None,
+        clip_samples: int = CLIP_SAMPLES,
+        fold: int | None = None,
+        fold_mode: str = "only",
     ) -> None:
         if isinstance(files, (str, os.PathLike)):
             files = [files]
@@ -107,9 +153,11 @@ class AudioSetHDF5(Dataset):
         file_idx, rows, targets = [], [], []
         self.skipped_per_file: dict[str, int] = {}
         for i, path in enumerate(self.files):
-            audio_name = validate_file(path, self.num_classes)
+            audio_name = validate_file(path, self.num_classes, sample_rate, clip_samples)
             usable = np.flatnonzero(audio_name != b"")
             self.skipped_per_file[str(path)] = len(audio_name) - len(usable)
+            if fold is not None:  # data.fold: the held-out fold ("only") or the others
+                usable = usable[select_fold(path, len(audio_name), fold, fold_mode)[usable]]
             file_idx.append(np.full(len(usable), i, dtype=np.int32))
             rows.append(usable.astype(np.int64))
             targets.append(read_packed_targets(path, usable))
@@ -125,7 +173,11 @@ class AudioSetHDF5(Dataset):
                 self.num_skipped + len(self._rows),
                 detail,
             )
-        self.augment = augment if augment is not None else WaveformAugment()
+        self.augment = augment if augment is not None else WaveformAugment(length=clip_samples)
+        if self.augment.length != clip_samples:
+            raise ValueError(
+                f"augmentation length {self.augment.length} != clip length {clip_samples} samples"
+            )
         self._pid: int | None = None
         self._handles: list[h5py.File | None] = []
         self._waves: list[h5py.Dataset | None] = []

@@ -15,7 +15,7 @@ from .frontend import LogMelFrontend
 from .hdf5 import AudioSetHDF5
 from .labels import load_class_labels
 from .mixup import MultiLabelMixup
-from .waveform import WaveformAugment
+from .waveform import CLIP_SAMPLES, WaveformAugment
 
 
 def absolute_path(path: str) -> str:
@@ -64,12 +64,12 @@ def class_names(data_cfg: Any) -> list[str]:
     return names
 
 
-def waveform_augment(aug_cfg: Any) -> WaveformAugment:
+def waveform_augment(aug_cfg: Any, length: int = CLIP_SAMPLES) -> WaveformAugment:
     """Training clips' roll + speed perturbation from ``augment.speed_p``/``speed_range``."""
     speed_p, speed_range = aug_cfg.speed_p, aug_cfg.speed_range
     try:
         low, high = (float(r) for r in speed_range)
-        return WaveformAugment(speed_p=float(speed_p), speed_range=(low, high))
+        return WaveformAugment(length, speed_p=float(speed_p), speed_range=(low, high))
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"augment.speed_p={speed_p!r}, augment.speed_range={speed_range!r}: expected a "
@@ -93,7 +93,7 @@ class Loaders:
     """The training loader with its distributed sampler, and the sharded evaluation loader."""
 
     train: DataLoader
-    sampler: DistributedSampler
+    sampler: DistributedSampler  # or the class-balanced sampler (data.balanced_sampling)
     eval: DataLoader
 
 
@@ -117,15 +117,19 @@ def build_loaders(
     """
     from dcls_audio.train.evaluate import ShardedEvalSampler
 
+    from .options import check_targets, dataset_options, training_sampler
+
     num_classes = int(data_cfg.num_classes)
-    augment = waveform_augment(aug_cfg)
-    train_ds = AudioSetHDF5(train_files, num_classes, train=True, seed=seed, augment=augment)
-    eval_ds = AudioSetHDF5(eval_files, num_classes, train=False)
+    train_kw, eval_kw = dataset_options(data_cfg)  # sample rate, clip length, fold split
+    augment = waveform_augment(aug_cfg, train_kw["clip_samples"])
+    train_ds = AudioSetHDF5(
+        train_files, num_classes, train=True, seed=seed, augment=augment, **train_kw
+    )
+    eval_ds = AudioSetHDF5(eval_files, num_classes, train=False, **eval_kw)
+    check_targets(data_cfg.task, training=train_ds, evaluation=eval_ds)
     if max_eval_samples:
         eval_ds = Subset(eval_ds, range(min(int(max_eval_samples), len(eval_ds))))
-    sampler = DistributedSampler(
-        train_ds, world_size, rank, shuffle=True, seed=seed, drop_last=True
-    )
+    sampler = training_sampler(data_cfg, train_ds, world_size, rank, seed)
     workers = int(data_cfg.num_workers)
     pin = bool(data_cfg.pin_memory) and device.type == "cuda"
     train = DataLoader(

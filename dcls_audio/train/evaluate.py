@@ -119,8 +119,9 @@ def predict(
     loader: DataLoader,
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
+    activation: str = "sigmoid",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid scores and targets, float32 (N, C) in dataset order, each clip exactly once.
+    """Sigmoid (or softmax) scores and targets, float32 (N, C) in dataset order, each clip once.
 
     The loader's dataset yields (waveform, target) or (waveform, target, index). Without the
     index, dataset indices are read from `loader.sampler`, which must then be deterministic
@@ -132,6 +133,8 @@ def predict(
     reach). The frontend runs in float32; only the model runs under autocast(amp_dtype).
     `model` and `frontend` are put in eval mode and their modes restored afterwards.
     """
+    if activation not in ("sigmoid", "softmax"):
+        raise ValueError(f"predict: activation {activation!r}; expected 'sigmoid' or 'softmax'")
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     device = torch.device(device)
@@ -185,7 +188,9 @@ def predict(
                         f"predict: targets have shape {tuple(y.shape)} but the model outputs "
                         f"{tuple(logits.shape)}; check data.num_classes against the model head"
                     )
-                score_chunks.append(logits.float().sigmoid().cpu().numpy())
+                logits = logits.float()
+                probs = logits.sigmoid() if activation == "sigmoid" else logits.softmax(1)
+                score_chunks.append(probs.cpu().numpy())
                 target_chunks.append(y.float().cpu().numpy())
                 idx_chunks.append(idx)
     finally:

@@ -177,19 +177,25 @@ def evaluate(
     device: torch.device,
     amp: bool,
     main: bool,
+    task: Any = None,
 ) -> dict[str, Any] | None:
     """mAP, mAUC, d', per-class AP (and ``*_ema`` of the EMA weights) on the main rank.
 
-    Every rank takes part in the gathers; other ranks get None.
+    ``task`` (`dcls_audio.train.tasks.Task`, None = multilabel) sets the output activation and
+    adds its metrics. Every rank takes part in the gathers; other ranks get None.
     """
+    activation = task.activation if task is not None else "sigmoid"
+    score = task.metrics if task is not None else compute_metrics
     metrics: dict[str, Any] | None = None
     amp_dtype = torch.bfloat16 if amp else None
     for weights, suffix in ((model, ""), (ema.module if ema else None, "_ema")):
         if weights is None:
             continue
-        scores, targets = predict(weights, frontend, loader, device, amp_dtype=amp_dtype)
+        scores, targets = predict(
+            weights, frontend, loader, device, amp_dtype=amp_dtype, activation=activation
+        )
         if main:
-            found = compute_metrics(scores, targets)
+            found = score(scores, targets)
             found["num_eval_clips"] = int(scores.shape[0])
             metrics = {**(metrics or {}), **{f"{k}{suffix}": v for k, v in found.items()}}
     return metrics
@@ -291,6 +297,7 @@ def fit(
     class_names: list[str],
     session_start: float,
     on_step: Callable[[int], None] | None = None,
+    task: Any = None,
 ) -> dict[str, Any] | None:
     """Train until ``total_steps``, evaluating and saving last.pt/best.pt after each epoch.
 
@@ -320,7 +327,7 @@ def fit(
         finished = state.epoch >= epochs or state.step >= total_steps
         best = None
         if finished or (eval_every > 0 and state.epoch % eval_every == 0):
-            metrics = evaluate(model, ema, frontend, loaders.eval, device, amp, main)
+            metrics = evaluate(model, ema, frontend, loaders.eval, device, amp, main, task)
             if main:
                 state.last_eval = {"step": state.step, "metrics": metrics}
                 logger.eval_report(epoch, state.step, metrics)
@@ -343,5 +350,5 @@ def fit(
     if main and state.last_eval and state.last_eval["step"] != state.step:
         final = None
     if not broadcast_object(final is not None):
-        final = evaluate(model, ema, frontend, loaders.eval, device, amp, main)
+        final = evaluate(model, ema, frontend, loaders.eval, device, amp, main, task)
     return final

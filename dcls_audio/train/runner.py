@@ -38,7 +38,7 @@ from dcls_audio.train.distributed import (
 )
 from dcls_audio.train.log import RunLogger
 from dcls_audio.train.loop import ModelEma, StepLog, configure_determinism, fit
-from dcls_audio.train.optim import build_optimizer, build_scheduler
+from dcls_audio.train.optim import build_scheduler
 
 
 def hydra_run_dir() -> str | None:
@@ -62,11 +62,13 @@ def run(
     optimizer step (profiling, tests that interrupt a run).
     """
     from dcls_audio.data.loaders import resolve_data_files
+    from dcls_audio.data.options import resolve_classes
 
     wall_start = time.time()
     env = resolve_env()
     device = pick_device(cfg.trainer.device, env.local_rank)
     files = [resolve_data_files(cfg.data, k) for k in ("train_files", "eval_files")]
+    resolve_classes(cfg, files)  # data.num_classes null: from the packed files' class list
     chosen = run_dir if run_dir is not None else hydra_run_dir()
     if chosen is None:
         raise ValueError("run(cfg) needs run_dir= when it is not called from a Hydra app")
@@ -86,8 +88,11 @@ def _train(
     on_step: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     """Body of `run` inside the process group: build, resume, fit, write results.json."""
-    from dcls_audio.data.loaders import batch_augment, build_loaders, class_names
+    from dcls_audio.data.loaders import batch_augment, build_loaders
+    from dcls_audio.data.options import resolve_classes
+    from dcls_audio.finetune import build_run_optimizer, freeze_backbone, init_report
     from dcls_audio.models import build_model
+    from dcls_audio.train.tasks import build_task, summary_line, write_confusion
 
     tr = cfg.trainer
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -98,7 +103,7 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
     barrier()
     last_path, results_path = out / ckpt.LAST, out / results_io.RESULTS_FILE
-    names = class_names(cfg.data)
+    names = resolve_classes(cfg, files)
     # A damaged or incompatible last.pt must stop the run before anything else happens.
     saved, changed = ckpt.read_resume(last_path, config)
 
@@ -122,13 +127,14 @@ def _train(
     torch.manual_seed(seed)
     model = build_model(cfg.model, cfg.conv).to(device)
     params = sum(p.numel() for p in model.parameters())
-    optimizer = build_optimizer(model, cfg.optim, int(tr.global_batch_size))
+    optimizer = build_run_optimizer(model, cfg.optim, int(tr.global_batch_size))
     scheduler = build_scheduler(
         optimizer, epochs, int(tr.warmup_epochs), steps_per_epoch,
         lr_min=float(cfg.optim.lr_min), warmup_lr_init=float(cfg.optim.warmup_lr_init),
     )  # fmt: skip
     ema = ModelEma(model, decay=float(tr.ema_decay)) if tr.ema else None
     frontend, mixup = batch_augment(cfg.augment, device)
+    task = build_task(cfg.data.task, float(cfg.augment.label_smoothing), mixup)
 
     logger = RunLogger(out, active=main, wandb_cfg=_plain(cfg.wandb), config=config)
     state = ckpt.RunState()
@@ -143,6 +149,11 @@ def _train(
             + (f" (changed: {', '.join(changed)})" if changed else "")
         )
         logger.record("resume", {"epoch": state.epoch, "changed": changed}, step=state.step)
+    init = init_report(model)  # model.pretrained: what loaded, which tensors are new
+    if init is not None:
+        logger.print(init["summary"])
+        logger.record("init", init, step=state.step)
+    freeze_backbone(model, optimizer, int(tr.freeze_backbone_epochs), lambda: state.epoch)
     logger.print(
         f"run dir {out} | world {env.world_size} on {device} | batch {tr.batch_size} x "
         f"{env.world_size} x {accum} accumulation = {tr.global_batch_size} | "
@@ -169,13 +180,13 @@ def _train(
     )  # fmt: skip
     try:
         metrics = fit(
-            model, ddp_model, ema, loaders, frontend, mixup, torch.nn.BCEWithLogitsLoss(),
+            model, ddp_model, ema, loaders, frontend, mixup, task.criterion,
             optimizer, scheduler, state, epochs=epochs, steps_per_epoch=steps_per_epoch,
             total_steps=total_steps, accum_steps=accum, eval_every=int(tr.eval_every or 0),
             seed=seed, rank=env.rank, main=main, device=device, amp=amp,
             clamp_positions=bool(tr.clamp_positions), step_log=step_log, logger=logger,
             run_dir=out, config=config, class_names=names, session_start=wall_start,
-            on_step=on_step,
+            on_step=on_step, task=task,
         )  # fmt: skip
         if main:
             doc = results_io.build_results(
@@ -184,9 +195,12 @@ def _train(
                 train_samples_per_s=state.train_samples / max(state.train_time_s, 1e-9),
                 epochs_trained=state.epoch, steps=state.step, world_size=env.world_size,
                 class_names=names,
-                init=model.build_info["init_record"],
+                init=model.build_info["init_record"], task=task.name,
             )  # fmt: skip
             results_io.write_json(results_path, doc)
+            if task.name == "multiclass":
+                write_confusion(out, metrics["confusion_matrix"], names)
+                logger.print(summary_line(metrics))
             logger.print(f"results written to {results_path}: mAP {metrics['map']:.4f}")
         metrics = broadcast_object(metrics)
     finally:

@@ -104,9 +104,15 @@ class Task:
         return found
 
 
-def build_task(task: str, label_smoothing: float) -> Task:
-    """The `Task` of ``data.task`` (``label_smoothing``: ``augment.label_smoothing``)."""
+def build_task(task: str, label_smoothing: float, mixup: Any = None) -> Task:
+    """The `Task` of ``data.task`` (``label_smoothing``: ``augment.label_smoothing``).
+
+    For multiclass the loss smooths the targets, so the run's ``mixup`` (if given) is set to mix
+    the plain one-hot targets (mixing and smoothing commute: the result is the same).
+    """
     if check_task(task) == "multiclass":
+        if mixup is not None:
+            mixup.label_smoothing = 0.0
         return Task("multiclass", SoftTargetCrossEntropy(label_smoothing), "softmax")
     return Task("multilabel", nn.BCEWithLogitsLoss(), "sigmoid")
 
