@@ -95,6 +95,23 @@ def test_folds_never_leak_and_classes_come_from_the_file(corpus):
         )  # fmt: skip
 
 
+def test_balanced_sampling_reaches_the_loader_and_table1_keeps_it_off(corpus):
+    from dcls_audio.data.sampling import BalancedDistributedSampler
+
+    cfg = tiny(corpus["single"], "data.balanced_sampling=true")
+    files = [resolve_data_files(cfg.data, k) for k in ("train_files", "eval_files")]
+    resolve_classes(cfg, files)
+    loaders = build_loaders(
+        cfg.data, cfg.augment, *files, batch_size=4, eval_batch_size=None,
+        max_eval_samples=None, seed=0, rank=0, world_size=1, device=torch.device("cpu"),
+    )  # fmt: skip
+    sampler = getattr(loaders.sampler, "sampler", loaders.sampler)  # unwrap a resumable wrapper
+    assert isinstance(sampler, BalancedDistributedSampler) and len(sampler) == 6
+    table1 = compose_config(["experiment=table1/fastvit_sa24_dsc"]).data
+    assert table1.balanced_sampling is False and table1.task == "multilabel"
+    assert table1.clip_seconds == 10.0 and table1.fold is None
+
+
 def test_explicit_class_count_is_checked_and_multiclass_refuses_multilabel_data(corpus):
     cfg = tiny(corpus["single"], "data.num_classes=4")
     files = [resolve_data_files(cfg.data, k) for k in ("train_files", "eval_files")]
