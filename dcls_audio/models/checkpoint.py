@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .foreign import WRAPPER_PREFIXES, infer_architecture, read_source
+from .foreign import WRAPPER_PREFIXES, infer_architecture, kernel_count, read_source
 from .pretrained import LoadReport, load_source
 from .zoo import build_model
 
@@ -130,6 +130,8 @@ def _load_foreign(
     name, conv_name = model or name, conv or conv_name
     over = [f"data.num_classes={num_classes}"]
     config = {"model": load_group("model", name, over), "conv": load_group("conv", conv_name)}
+    if config["conv"]["type"] == "dcls" and kernel_count(source):  # the size is not stored
+        config["conv"]["kernel_count"] = kernel_count(source)
     net = build_model(config["model"], config["conv"])
     report = load_source(net, source, "finetune")
     if report.new.get("classifier"):

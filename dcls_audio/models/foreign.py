@@ -184,6 +184,14 @@ def infer_architecture(source: Source) -> tuple[str, str, int]:
     return name, conv, int(state[head].shape[0])
 
 
+def kernel_count(source: Source) -> int | None:
+    """Elements per DCLS kernel in the file (the last dim of a DCLS weight), None without DCLS."""
+    for key, value in source.state.items():
+        if key.endswith(".P"):
+            return int(value.shape[-1])
+    return None
+
+
 def _filter(family: str):
     from timm.models import convnext, fastvit, metaformer
 

@@ -192,6 +192,8 @@ def build_model(model_cfg: Any, conv_cfg: Any) -> nn.Module:
 def _check_init(mcfg: Mapping[str, Any], name: str, conv: str) -> tuple[str, str | None]:
     """Validate model.init against model.pretrained; the error names the file to supply."""
     init, pretrained = mcfg["init"], mcfg["pretrained"]
+    if pretrained == "???":  # OmegaConf's mandatory marker, left unset
+        pretrained = None
     if init not in INIT_MODES:
         raise ValueError(f"model.init={init!r}; expected one of {list(INIT_MODES)}")
     if init == "none" and pretrained:
