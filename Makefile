@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install test test-fast test-slurm lint demo bench clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -13,7 +13,12 @@ test:
 	$(BIN)/python -m pytest -q
 
 test-fast:
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+# A real single-node SLURM on localhost (installed with apt when missing; needs root): a 2-seed
+# hydra/launcher=slurm sweep, aggregation, three forced timeouts with requeue and resume.
+test-slurm:
+	tests/slurm/run.sh
 
 lint:
 	$(BIN)/ruff check .
