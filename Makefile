@@ -1,12 +1,19 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Another CUDA build of the pinned torch, e.g. `make install TORCH_CUDA=cu126` for V100s (sm_70):
+# PyPI's torch 2.11 wheels are CUDA 13.0 builds for sm_75 and newer.
+TORCH_CUDA ?=
+TORCH_INDEX := https://download.pytorch.org/whl
 
-.PHONY: install test test-fast test-slurm lint demo bench clean
+.PHONY: install test test-fast test-slurm lint demo bench bench-dcls-cuda gpu-check clean
 
 install:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip setuptools wheel
+	@if [ -n "$(TORCH_CUDA)" ]; then \
+		$(BIN)/pip install 'torch==2.11.*' 'torchvision==0.26.*' 'torchaudio==2.11.*' \
+			--index-url $(TORCH_INDEX)/$(TORCH_CUDA); fi
 	$(BIN)/pip install -e '.[dev]'
 
 test:
@@ -36,6 +43,13 @@ demo:
 
 bench:
 	$(BIN)/dcls-audio-bench-kernels --json docs/bench_dcls.json
+
+# On a GPU machine: per-layer CUDA table of the DCLS depthwise paths, and the install self-check.
+bench-dcls-cuda:
+	$(BIN)/dcls-audio-bench-kernels --cuda-only --repeats 20 --json docs/bench_dcls_cuda.json
+
+gpu-check:
+	$(BIN)/dcls-audio-gpu-check --json gpu_check.json
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

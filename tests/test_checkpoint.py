@@ -1,6 +1,7 @@
 """Resume: a run interrupted inside an epoch and restarted in its directory ends identical."""
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     data_root, tmp_path, monkeypatch
 ):
     from dcls_audio.data import AudioSetHDF5
-    from dcls_audio.train.loop import NonFiniteLossError
+    from dcls_audio.train.log import NonFiniteLossError
 
     cfg = make_cfg(data_root, "trainer.epochs=2", "trainer.warmup_epochs=0", "augment=none")
     clean = AudioSetHDF5.__getitem__
@@ -211,3 +212,51 @@ def test_check_space_names_the_space_it_needs(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 2**20))
     with pytest.raises(CheckpointError, match=r"has 1 MiB free but its checkpoints need about 46"):
         check_space(tmp_path, model, ema=True)
+
+
+@pytest.mark.slow
+def test_stop_signals_save_the_step_and_resume_exactly_inside_epochs(synthetic_root, tmp_path):
+    """Three stops in a row (SIGUSR2 twice, SIGTERM), two inside an epoch: same final state."""
+    import signal
+
+    from dcls_audio.train.preempt import Preempted
+
+    data_root = synthetic_root(8)  # 4 optimizer steps per epoch
+    cfg = make_cfg(
+        data_root, "trainer.epochs=2", "trainer.warmup_epochs=1", "trainer.eval_every=2",
+        "trainer.max_eval_samples=3", "trainer.ema=true", "trainer.ema_decay=0.5",
+        "model.drop_path_rate=0.2",
+    )  # fmt: skip
+    full = run(cfg, run_dir=tmp_path / "full")
+    forwarded = []
+    previous = signal.signal(signal.SIGUSR2, lambda s, f: forwarded.append(s))
+    try:
+        for at, sig in ((1, signal.SIGUSR2), (4, signal.SIGTERM), (6, signal.SIGUSR2)):
+
+            def hook(step, at=at, sig=sig):
+                if step == at:
+                    os.kill(os.getpid(), sig)
+                    os.kill(os.getpid(), sig)  # a second signal changes nothing
+
+            with pytest.raises(Preempted, match=f"stopped by {sig.name} at step {at}"):
+                run(cfg, run_dir=tmp_path / "cut", on_step=hook)
+            saved = load_checkpoint(tmp_path / "cut" / "last.pt")
+            assert (saved["step"], saved["epoch"], saved["epoch_step"]) == (at, at // 4, at % 4)
+            assert not (tmp_path / "cut" / "results.json").exists()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert forwarded == [signal.SIGUSR2, signal.SIGUSR2]  # the earlier handler, once per stop
+    resumed = run(cfg, run_dir=tmp_path / "cut")
+    assert resumed["map"] == full["map"] and resumed["map_ema"] == full["map_ema"]
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    for part in ("model", "ema"):
+        for k, v in a[part].items():
+            assert torch.equal(v, b[part][k]), (part, k)
+    for sa, sb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert results_without_timing(tmp_path / "full" / "results.json") == results_without_timing(
+        tmp_path / "cut" / "results.json"
+    )

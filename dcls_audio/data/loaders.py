@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from .frontend import LogMelFrontend
 from .hdf5 import AudioSetHDF5
@@ -88,12 +90,36 @@ def batch_augment(aug_cfg: Any, device: torch.device) -> tuple[LogMelFrontend, M
     return frontend, mixup
 
 
+class ResumableSampler(Sampler[int]):
+    """A per-epoch sampler that can start an epoch after its first ``start`` indices.
+
+    The wrapped sampler's order is a function of (seed, epoch), so a run resumed inside an
+    epoch draws the same remaining clips as the interrupted one, without reading the skipped
+    ones. ``start`` applies to the next epoch set with `set_epoch` only.
+    """
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's order and the number of its indices to skip."""
+        self.sampler.set_epoch(epoch)
+        self.start = int(start)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.start)
+
+
 @dataclass
 class Loaders:
     """The training loader with its distributed sampler, and the sharded evaluation loader."""
 
     train: DataLoader
-    sampler: DistributedSampler  # or the class-balanced sampler (data.balanced_sampling)
+    sampler: ResumableSampler
     eval: DataLoader
 
 
@@ -129,12 +155,15 @@ def build_loaders(
     check_targets(data_cfg.task, training=train_ds, evaluation=eval_ds)
     if max_eval_samples:
         eval_ds = Subset(eval_ds, range(min(int(max_eval_samples), len(eval_ds))))
-    sampler = training_sampler(data_cfg, train_ds, world_size, rank, seed)
+    sampler = ResumableSampler(training_sampler(data_cfg, train_ds, world_size, rank, seed))
     workers = int(data_cfg.num_workers)
     pin = bool(data_cfg.pin_memory) and device.type == "cuda"
+    # its own generator: starting an epoch's iterator must not draw from the global RNG, which
+    # a run resumed inside an epoch restores to the draws of the interrupted step (drop path)
     train = DataLoader(
-        train_ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin, drop_last=True
-    )
+        train_ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
+        drop_last=True, generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
     eval_loader = DataLoader(
         eval_ds,
         int(eval_batch_size or batch_size),

@@ -57,6 +57,7 @@ class RunState:
 
     epoch: int = 0
     step: int = 0
+    epoch_step: int = 0  # optimizer steps of `epoch` already done (a run stopped mid-epoch)
     best_map: float = float("-inf")
     train_time_s: float = 0.0
     train_samples: int = 0
@@ -157,28 +158,38 @@ def restore(
     total_steps: int,
     rank: int,
     world_size: int,
-) -> RunState:
-    """Load a last.pt into the run's objects and RNGs; return the saved `RunState`."""
+) -> tuple[RunState, list[Any] | None]:
+    """Load a last.pt into the run's objects and RNGs.
+
+    Returns the saved `RunState` and, for a run stopped inside an epoch, this rank's
+    (mixup, erasing) generator states to continue that epoch with.
+    """
     if saved["steps_per_epoch"] != steps_per_epoch:
         raise CheckpointError(
             f"{path} has {saved['steps_per_epoch']} optimizer steps per epoch but this "
             f"run has {steps_per_epoch} (different data or batch size); use a new run dir"
         )
     state = RunState(**{k: saved[k] for k in asdict(RunState()) if k in saved})
-    if state.step != state.epoch * steps_per_epoch and state.step < total_steps:
+    at = state.epoch * steps_per_epoch + state.epoch_step
+    if state.step != at and state.step < total_steps:
         raise CheckpointError(
             f"{path} stopped inside epoch {state.epoch} at trainer.max_steps={state.step}; it "
             "cannot be extended. Start a new run directory."
+        )
+    rngs = saved.get("rng") or []
+    if state.epoch_step and len(rngs) != world_size:
+        raise CheckpointError(
+            f"{path} was saved inside an epoch by {len(rngs)} processes; resume it with the "
+            f"same number of processes (this run has {world_size})"
         )
     model.load_state_dict(saved["model"])
     if ema is not None:
         ema.load_state_dict(saved["ema"] if saved["ema"] is not None else saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    rngs = saved.get("rng") or []
     if len(rngs) == world_size:
         restore_rng_state(rngs[rank])
-    return state
+    return state, (rngs[rank].get("epoch") if state.epoch_step else None)
 
 
 def snapshot(

@@ -15,7 +15,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dcls_audio.results import METRICS_FILE, jsonable
+from dcls_audio.train.distributed import all_reduce_mean
 
 WANDB_MODES = ("disabled", "offline", "online")
 
@@ -149,3 +152,87 @@ def _start_wandb(wandb_cfg: dict[str, Any], run_dir: Path, config: dict[str, Any
     except Exception as exc:  # a wandb outage must never stop training
         warnings.warn(f"wandb.init failed ({exc}); continuing without wandb", stacklevel=2)
         return None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the run stops before saving anything."""
+
+
+class StepLog:
+    """Windowed training-progress lines and JSONL entries (loss, lr, samples/s, ETA)."""
+
+    def __init__(
+        self,
+        logger: RunLogger,
+        optimizer: torch.optim.Optimizer,
+        *,
+        every: int,
+        epochs: int,
+        total_steps: int,
+        global_batch_size: int,
+        device: torch.device,
+    ) -> None:
+        self.logger, self.optimizer, self.every = logger, optimizer, every
+        self.epochs, self.total_steps, self.batch = epochs, total_steps, global_batch_size
+        self.device = device
+        self.start(0, 0)
+
+    def start(self, epoch: int, step: int) -> None:
+        """Begin an epoch at optimizer step ``step``: reset the window and the epoch's loss."""
+        self.epoch, self.epoch_steps, self.epoch_start_step = epoch, 0, step
+        self.epoch_loss = torch.zeros((), device=self.device)
+        self.window_loss = torch.zeros((), device=self.device)
+        self.window_steps = 0
+        self.epoch_start = self.window_start = time.perf_counter()
+
+    def __call__(self, step: int, loss: torch.Tensor) -> None:
+        """Account one optimizer step; write a line every ``every`` steps and at the end."""
+        self.window_loss += loss
+        self.window_steps += 1
+        self.epoch_steps += 1
+        if self.window_steps == self.every or step == self.total_steps:
+            self._flush(step)
+
+    def _check(self, loss: float, step: int, steps: int) -> None:
+        """Stop the run (every rank: the loss is reduced) when the loss is not finite."""
+        if math.isfinite(loss):
+            return
+        first = step - steps + 1
+        self.logger.record("error", {"epoch": self.epoch, "loss": loss}, step=step)
+        raise NonFiniteLossError(
+            f"training loss is {loss} over steps {first}-{step} (epoch {self.epoch + 1}): "
+            "stopping before anything is saved, so last.pt/best.pt keep the last good epoch. "
+            "Causes: a learning rate too high for the batch, bf16 overflow, or NaN/inf in the "
+            "input data; fix it and start again in the same run directory to resume."
+        )
+
+    def _flush(self, step: int) -> None:
+        loss = all_reduce_mean(self.window_loss.item() / self.window_steps, self.device)
+        self._check(loss, step, self.window_steps)
+        now = time.perf_counter()
+        rate = self.window_steps * self.batch / max(now - self.window_start, 1e-9)
+        eta = (now - self.epoch_start) / self.epoch_steps * (self.total_steps - step)
+        base_groups = [g for g in self.optimizer.param_groups if "lr_scale" not in g]
+        lr = (base_groups or self.optimizer.param_groups)[0]["lr"]
+        self.logger.train_progress(
+            self.epoch, self.epochs, step, self.total_steps, loss, lr, rate, eta
+        )
+        entry = {"epoch": self.epoch, "loss": loss, "lr": lr, "samples_per_s": rate}
+        self.logger.record("train", entry, step=step)
+        self.epoch_loss += self.window_loss
+        self.window_loss = torch.zeros((), device=self.device)
+        self.window_steps, self.window_start = 0, time.perf_counter()
+
+    def end(self) -> dict[str, float]:
+        """Epoch statistics: mean loss over ranks, time, samples, steps."""
+        self.epoch_loss += self.window_loss
+        elapsed = time.perf_counter() - self.epoch_start
+        loss = all_reduce_mean(self.epoch_loss.item() / max(1, self.epoch_steps), self.device)
+        self._check(loss, self.epoch_start_step + self.epoch_steps, self.epoch_steps)
+        steps = self.epoch_steps
+        return {
+            "loss": loss,
+            "train_time_s": elapsed,
+            "samples": steps * self.batch,
+            "steps": steps,
+        }

@@ -20,20 +20,21 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from dcls_audio.dcls import clamp_dcls
 from dcls_audio.train import checkpoint as ckpt
 from dcls_audio.train.distributed import (
     all_gather_object,
-    all_reduce_mean,
     barrier,
     broadcast_object,
     maybe_no_sync,
+    sync_buffers,
 )
 from dcls_audio.train.evaluate import predict
-from dcls_audio.train.log import RunLogger
+from dcls_audio.train.log import RunLogger, StepLog
 from dcls_audio.train.metrics import compute_metrics
+from dcls_audio.train.preempt import Preempted, StopSignal
 
 
 class ModelEma(ModelEmaV3):
@@ -112,7 +113,6 @@ def train_epoch(
     model: nn.Module,
     ddp_model: nn.Module,
     loader: DataLoader,
-    sampler: DistributedSampler,
     frontend: nn.Module,
     mixup: Callable,
     criterion: nn.Module,
@@ -124,22 +124,22 @@ def train_epoch(
     step: int,
     n_steps: int,
     accum_steps: int,
-    seed: int,
-    rank: int,
+    generators: tuple[torch.Generator, torch.Generator],
     device: torch.device,
     amp: bool,
     clamp_positions: bool,
     on_step: Callable[[int, torch.Tensor], None],
+    stop: Callable[[], bool],
 ) -> int:
-    """Run ``n_steps`` optimizer steps of ``epoch`` from step ``step``; return the new step.
+    """Run up to ``n_steps`` optimizer steps of ``epoch`` from step ``step``; return the step.
 
     ``model`` is the bare model, ``ddp_model`` the one to call (DDP-wrapped or the same);
-    ``on_step(step, loss)`` receives each step's loss (a device tensor, not synchronised).
+    ``generators`` draw (mixup, random erasing); ``on_step(step, loss)`` receives each step's
+    loss (a device tensor, not synchronised); ``stop()`` ends the epoch early after a step.
     """
     model.train()
     frontend.train()
-    mix_gen, erase_gen = seed_epoch(seed, epoch, rank)
-    sampler.set_epoch(epoch)
+    mix_gen, erase_gen = generators
     loader.dataset.set_epoch(epoch)
     micro_batches = iter(loader)
     for _ in range(n_steps):
@@ -166,6 +166,8 @@ def train_epoch(
             ema.update(model, step=step)
         scheduler.step_update(num_updates=step)
         on_step(step, step_loss)
+        if stop():
+            break
     return step
 
 
@@ -201,70 +203,10 @@ def evaluate(
     return metrics
 
 
-class StepLog:
-    """Windowed training-progress lines and JSONL entries (loss, lr, samples/s, ETA)."""
-
-    def __init__(
-        self,
-        logger: RunLogger,
-        optimizer: torch.optim.Optimizer,
-        *,
-        every: int,
-        epochs: int,
-        total_steps: int,
-        global_batch_size: int,
-        device: torch.device,
-    ) -> None:
-        self.logger, self.optimizer, self.every = logger, optimizer, every
-        self.epochs, self.total_steps, self.batch = epochs, total_steps, global_batch_size
-        self.device = device
-        self.epoch = 0
-        self.start(0)
-
-    def start(self, epoch: int) -> None:
-        """Begin an epoch: reset the window and the epoch's loss sum."""
-        self.epoch, self.epoch_steps = epoch, 0
-        self.epoch_loss = torch.zeros((), device=self.device)
-        self.window_loss = torch.zeros((), device=self.device)
-        self.window_steps = 0
-        self.epoch_start = self.window_start = time.perf_counter()
-
-    def __call__(self, step: int, loss: torch.Tensor) -> None:
-        """Account one optimizer step; write a line every ``every`` steps and at the end."""
-        self.window_loss += loss
-        self.window_steps += 1
-        self.epoch_steps += 1
-        if self.window_steps == self.every or step == self.total_steps:
-            self._flush(step)
-
-    def _flush(self, step: int) -> None:
-        loss = all_reduce_mean(self.window_loss.item() / self.window_steps, self.device)
-        now = time.perf_counter()
-        rate = self.window_steps * self.batch / max(now - self.window_start, 1e-9)
-        eta = (now - self.epoch_start) / self.epoch_steps * (self.total_steps - step)
-        base_groups = [g for g in self.optimizer.param_groups if "lr_scale" not in g]
-        lr = (base_groups or self.optimizer.param_groups)[0]["lr"]
-        self.logger.train_progress(
-            self.epoch, self.epochs, step, self.total_steps, loss, lr, rate, eta
-        )
-        entry = {"epoch": self.epoch, "loss": loss, "lr": lr, "samples_per_s": rate}
-        self.logger.record("train", entry, step=step)
-        self.epoch_loss += self.window_loss
-        self.window_loss = torch.zeros((), device=self.device)
-        self.window_steps, self.window_start = 0, time.perf_counter()
-
-    def end(self) -> dict[str, float]:
-        """Epoch statistics: mean loss over ranks, time, samples, steps."""
-        self.epoch_loss += self.window_loss
-        elapsed = time.perf_counter() - self.epoch_start
-        loss = all_reduce_mean(self.epoch_loss.item() / max(1, self.epoch_steps), self.device)
-        steps = self.epoch_steps
-        return {
-            "loss": loss,
-            "train_time_s": elapsed,
-            "samples": steps * self.batch,
-            "steps": steps,
-        }
+def _preempted(stop: StopSignal, step: int, run_dir: Path, logger: RunLogger) -> None:
+    """Report the checkpoint saved on a stop signal and end the run with `Preempted`."""
+    logger.print(f"{stop.name()}: saved step {step} to {run_dir / ckpt.LAST}")
+    raise Preempted(f"stopped by {stop.name()} at step {step}; resume in {run_dir}")
 
 
 def fit(
@@ -296,12 +238,16 @@ def fit(
     config: dict[str, Any],
     class_names: list[str],
     session_start: float,
+    stop: StopSignal,
+    epoch_rng: dict[str, Any] | None = None,
     on_step: Callable[[int], None] | None = None,
     task: Any = None,
 ) -> dict[str, Any] | None:
     """Train until ``total_steps``, evaluating and saving last.pt/best.pt after each epoch.
 
-    Returns the metrics of the final weights on the main rank (None elsewhere).
+    A run resumed inside an epoch (``state.epoch_step`` > 0) continues that epoch's sampler
+    order and its (mixup, erasing) generators from ``epoch_rng``. On a stop signal the step's
+    checkpoint is saved and `Preempted` raised. Returns the final metrics on the main rank.
     """
 
     def step_hook(step: int, loss: torch.Tensor) -> None:
@@ -309,20 +255,46 @@ def fit(
         if on_step is not None:
             on_step(step)
 
+    def save(best: dict[str, Any] | None, generators: Any = None) -> None:
+        epoch_rng = None if generators is None else [g.get_state() for g in generators]
+        rngs = all_gather_object({**ckpt.capture_rng_state(), "epoch": epoch_rng})  # collective
+        if main:
+            snap = ckpt.snapshot(
+                model=model, ema=ema.module if ema else None, optimizer=optimizer,
+                scheduler=scheduler, state=state, rngs=rngs, steps_per_epoch=steps_per_epoch,
+                config=config, class_names=class_names,
+            )  # fmt: skip
+            snap["wall_time_s"] = state.wall_time_s + time.time() - session_start
+            ckpt.save(run_dir, snap, best)
+        barrier()
+
     while state.epoch < epochs and state.step < total_steps:
-        epoch = state.epoch
-        step_log.start(epoch)
-        n_steps = min(steps_per_epoch, total_steps - state.step)
+        epoch, done = state.epoch, state.epoch_step
+        if done:  # resumed inside the epoch: the saved generators, the global RNGs as restored
+            generators = tuple(torch.Generator().set_state(g) for g in epoch_rng)
+        else:
+            generators = seed_epoch(seed, epoch, rank)
+        loaders.sampler.set_epoch(epoch, start=done * accum_steps * loaders.train.batch_size)
+        step_log.start(epoch, state.step)
+        start = state.step
         state.step = train_epoch(
-            model, ddp_model, loaders.train, loaders.sampler, frontend, mixup, criterion,
-            optimizer, scheduler, ema, epoch=epoch, step=state.step, n_steps=n_steps,
-            accum_steps=accum_steps, seed=seed, rank=rank, device=device, amp=amp,
-            clamp_positions=clamp_positions, on_step=step_hook,
+            model, ddp_model, loaders.train, frontend, mixup, criterion, optimizer, scheduler,
+            ema, epoch=epoch, step=state.step, n_steps=min(steps_per_epoch - done,
+            total_steps - state.step), accum_steps=accum_steps, generators=generators,
+            device=device, amp=amp, clamp_positions=clamp_positions, on_step=step_hook,
+            stop=stop.requested,
         )  # fmt: skip
         stats = step_log.end()
-        state.epoch = epoch + 1
         state.train_time_s += stats["train_time_s"]
         state.train_samples += stats["samples"]
+        state.epoch_step = done + state.step - start
+        if state.epoch_step < steps_per_epoch and state.step < total_steps:  # stopped early
+            save(None, generators)
+            _preempted(stop, state.step, run_dir, logger)
+        state.epoch, state.epoch_step = epoch + 1, 0
+        for weights in (model, ema.module if ema else None):  # one model to evaluate and save
+            if weights is not None:
+                sync_buffers(weights)
         logger.record("epoch", {"epoch": epoch, **stats}, step=state.step)
         finished = state.epoch >= epochs or state.step >= total_steps
         best = None
@@ -333,17 +305,9 @@ def fit(
                 logger.eval_report(epoch, state.step, metrics)
                 if metrics["map"] > state.best_map:  # False for NaN
                     state.best_map, best = float(metrics["map"]), metrics
-        rngs = all_gather_object(ckpt.capture_rng_state())  # collective: every rank
-        if main:
-            wall = state.wall_time_s + time.time() - session_start
-            snap = ckpt.snapshot(
-                model=model, ema=ema.module if ema else None, optimizer=optimizer,
-                scheduler=scheduler, state=state, rngs=rngs, steps_per_epoch=steps_per_epoch,
-                config=config, class_names=class_names,
-            )  # fmt: skip
-            snap["wall_time_s"] = wall
-            ckpt.save(run_dir, snap, best)
-        barrier()
+        save(best)
+        if state.step < total_steps and stop.requested():  # at the epoch's last step
+            _preempted(stop, state.step, run_dir, logger)
 
     # the final metrics: those of the last evaluation if it saw the final weights
     final = state.last_eval["metrics"] if main and state.last_eval else None

@@ -32,13 +32,15 @@ from dcls_audio.train.distributed import (
     accumulation_steps,
     barrier,
     broadcast_object,
+    describe_device,
     distributed_session,
     pick_device,
     resolve_env,
 )
-from dcls_audio.train.log import RunLogger
-from dcls_audio.train.loop import ModelEma, StepLog, configure_determinism, fit
+from dcls_audio.train.log import RunLogger, StepLog
+from dcls_audio.train.loop import ModelEma, configure_determinism, fit
 from dcls_audio.train.optim import build_scheduler
+from dcls_audio.train.preempt import Preempted, StopSignal
 
 
 def hydra_run_dir() -> str | None:
@@ -66,7 +68,7 @@ def run(
 
     wall_start = time.time()
     env = resolve_env()
-    device = pick_device(cfg.trainer.device, env.local_rank)
+    device = pick_device(cfg.trainer.device, env.local_rank, env.world_size)
     files = [resolve_data_files(cfg.data, k) for k in ("train_files", "eval_files")]
     resolve_classes(cfg, files)  # data.num_classes null: from the packed files' class list
     chosen = run_dir if run_dir is not None else hydra_run_dir()
@@ -100,7 +102,7 @@ def _train(
     accum = accumulation_steps(int(tr.global_batch_size), int(tr.batch_size), env.world_size)
     configure_determinism(bool(tr.deterministic), device)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
+        ckpt.prepare_run_dir(out)
     barrier()
     last_path, results_path = out / ckpt.LAST, out / results_io.RESULTS_FILE
     names = resolve_classes(cfg, files)
@@ -108,8 +110,9 @@ def _train(
     saved, changed = ckpt.read_resume(last_path, config)
 
     loaders = build_loaders(
-        cfg.data, cfg.augment, *files, batch_size=int(tr.batch_size), eval_batch_size=tr.eval_batch_size,
-        max_eval_samples=tr.max_eval_samples, seed=seed, rank=env.rank,
+        cfg.data, cfg.augment, *files, batch_size=int(tr.batch_size),
+        eval_batch_size=tr.eval_batch_size, max_eval_samples=tr.max_eval_samples, seed=seed,
+        rank=env.rank,
         world_size=env.world_size, device=device,
     )  # fmt: skip
     steps_per_epoch = len(loaders.train) // accum
@@ -133,13 +136,15 @@ def _train(
         lr_min=float(cfg.optim.lr_min), warmup_lr_init=float(cfg.optim.warmup_lr_init),
     )  # fmt: skip
     ema = ModelEma(model, decay=float(tr.ema_decay)) if tr.ema else None
+    if main:
+        ckpt.check_space(out, model, ema is not None)
     frontend, mixup = batch_augment(cfg.augment, device)
     task = build_task(cfg.data.task, float(cfg.augment.label_smoothing), mixup)
 
     logger = RunLogger(out, active=main, wandb_cfg=_plain(cfg.wandb), config=config)
-    state = ckpt.RunState()
+    state, epoch_rng = ckpt.RunState(), None
     if saved is not None:
-        state = ckpt.restore(
+        state, epoch_rng = ckpt.restore(
             saved, last_path, model=model, ema=ema.module if ema else None, optimizer=optimizer,
             scheduler=scheduler, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
             rank=env.rank, world_size=env.world_size,
@@ -154,6 +159,9 @@ def _train(
         logger.print(init["summary"])
         logger.record("init", init, step=state.step)
     freeze_backbone(model, optimizer, int(tr.freeze_backbone_epochs), lambda: state.epoch)
+    amp = bool(tr.amp) and (device.type == "cuda" or bool(tr.amp_cpu))
+    device_info = describe_device(device, amp, env.world_size)
+    logger.print("device: " + ", ".join(f"{k} {v}" for k, v in device_info.items() if v))
     logger.print(
         f"run dir {out} | world {env.world_size} on {device} | batch {tr.batch_size} x "
         f"{env.world_size} x {accum} accumulation = {tr.global_batch_size} | "
@@ -173,29 +181,30 @@ def _train(
             find_unused_parameters=bool(tr.find_unused_parameters),
             gradient_as_bucket_view=True,
         )
-    amp = bool(tr.amp) and (device.type == "cuda" or bool(tr.amp_cpu))
     step_log = StepLog(
         logger, optimizer, every=int(tr.log_every), epochs=epochs, total_steps=total_steps,
         global_batch_size=int(tr.global_batch_size), device=device,
     )  # fmt: skip
+    stop = StopSignal(device)
     try:
-        metrics = fit(
-            model, ddp_model, ema, loaders, frontend, mixup, task.criterion,
-            optimizer, scheduler, state, epochs=epochs, steps_per_epoch=steps_per_epoch,
-            total_steps=total_steps, accum_steps=accum, eval_every=int(tr.eval_every or 0),
-            seed=seed, rank=env.rank, main=main, device=device, amp=amp,
-            clamp_positions=bool(tr.clamp_positions), step_log=step_log, logger=logger,
-            run_dir=out, config=config, class_names=names, session_start=wall_start,
-            on_step=on_step, task=task,
-        )  # fmt: skip
+        with stop:
+            metrics = fit(
+                model, ddp_model, ema, loaders, frontend, mixup, task.criterion,
+                optimizer, scheduler, state, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                total_steps=total_steps, accum_steps=accum, eval_every=int(tr.eval_every or 0),
+                seed=seed, rank=env.rank, main=main, device=device, amp=amp,
+                clamp_positions=bool(tr.clamp_positions), step_log=step_log, logger=logger,
+                run_dir=out, config=config, class_names=names, session_start=wall_start,
+                stop=stop, epoch_rng=epoch_rng, on_step=on_step, task=task,
+            )  # fmt: skip
         if main:
             doc = results_io.build_results(
                 metrics, params=params, seed=seed, config=config,
                 wall_time_s=state.wall_time_s + time.time() - wall_start,
                 train_samples_per_s=state.train_samples / max(state.train_time_s, 1e-9),
                 epochs_trained=state.epoch, steps=state.step, world_size=env.world_size,
-                class_names=names,
-                init=model.build_info["init_record"], task=task.name,
+                class_names=names, device=device_info, task=task.name,
+                init=model.build_info["init_record"],
             )  # fmt: skip
             results_io.write_json(results_path, doc)
             if task.name == "multiclass":
@@ -203,6 +212,10 @@ def _train(
                 logger.print(summary_line(metrics))
             logger.print(f"results written to {results_path}: mAP {metrics['map']:.4f}")
         metrics = broadcast_object(metrics)
+    except Preempted:
+        logger.close()
+        stop.forward()  # e.g. submitit's requeue, now that last.pt holds this step
+        raise
     finally:
         logger.close()
     return metrics
