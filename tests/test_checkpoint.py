@@ -50,6 +50,21 @@ def results_without_timing(path):
     return res
 
 
+def assert_same_training_state(run_a, run_b):
+    """Bitwise-equal weights, EMA, optimizer moments and schedule in two runs' last.pt."""
+    a = torch.load(run_a / "last.pt", weights_only=True)
+    b = torch.load(run_b / "last.pt", weights_only=True)
+    for part in ("model", "ema"):
+        for k, v in a[part].items():
+            assert torch.equal(v, b[part][k]), (part, k)
+    for sa, sb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["scheduler"] == b["scheduler"]
+    return a, b
+
+
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_weights_and_metrics(data_root, tmp_path):
     # 2 epochs x 2 optimizer steps of 2 clips, with mixup, erasing, drop path and EMA;
@@ -79,17 +94,8 @@ def test_interrupted_run_resumes_to_identical_weights_and_metrics(data_root, tmp
     resumed = run(cfg, run_dir=tmp_path / "cut")
 
     assert resumed["map"] == full["map"] and resumed["map_ema"] == full["map_ema"]
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    a, b = assert_same_training_state(tmp_path / "full", tmp_path / "cut")
     assert a["step"] == b["step"] == 4
-    for part in ("model", "ema"):
-        for k, v in a[part].items():
-            assert torch.equal(v, b[part][k]), (part, k)
-    for sa, sb in zip(
-        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
-    ):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert a["scheduler"] == b["scheduler"]
 
     ra = results_without_timing(tmp_path / "full" / "results.json")
     rb = results_without_timing(tmp_path / "cut" / "results.json")
@@ -248,15 +254,7 @@ def test_stop_signals_save_the_step_and_resume_exactly_inside_epochs(synthetic_r
     assert forwarded == [signal.SIGUSR2, signal.SIGUSR2]  # the earlier handler, once per stop
     resumed = run(cfg, run_dir=tmp_path / "cut")
     assert resumed["map"] == full["map"] and resumed["map_ema"] == full["map_ema"]
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
-    for part in ("model", "ema"):
-        for k, v in a[part].items():
-            assert torch.equal(v, b[part][k]), (part, k)
-    for sa, sb in zip(
-        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
-    ):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_same_training_state(tmp_path / "full", tmp_path / "cut")
     assert results_without_timing(tmp_path / "full" / "results.json") == results_without_timing(
         tmp_path / "cut" / "results.json"
     )
