@@ -61,10 +61,11 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Metrics of one checkpoint over ``eval_files`` (each clip once, any world size)."""
     from dcls_audio.data import AudioSetHDF5, LogMelFrontend
+    from dcls_audio.data.options import saved_clip_and_task
     from dcls_audio.models.checkpoint import load_model
     from dcls_audio.train.distributed import distributed_session, pick_device, resolve_env
     from dcls_audio.train.evaluate import ShardedEvalSampler, predict
-    from dcls_audio.train.metrics import compute_metrics
+    from dcls_audio.train.tasks import build_task
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
@@ -75,7 +76,9 @@ def evaluate_checkpoint(
                             fmt=fmt)  # fmt: skip
         num_classes = int(loaded.config["model"]["num_classes"])
         files = [os.path.abspath(f) for f in eval_files]
-        dataset = AudioSetHDF5(files, num_classes, train=False)
+        clip_samples, task_name = saved_clip_and_task(loaded.config)  # the run's clips and task
+        task = build_task(task_name, 0.0)
+        dataset = AudioSetHDF5(files, num_classes, train=False, clip_samples=clip_samples)
         loader = DataLoader(
             dataset,
             batch_size,
@@ -84,11 +87,10 @@ def evaluate_checkpoint(
         )
         frontend = LogMelFrontend().to(dev).eval()
         start = time.time()
-        scores, targets = predict(
-            loaded.model, frontend, _Progress(loader, progress and env.is_main), dev
-        )
+        batches = _Progress(loader, progress and env.is_main)
+        scores, targets = predict(loaded.model, frontend, batches, dev, activation=task.activation)
         seconds = time.time() - start
-    metrics = compute_metrics(scores, targets)
+    metrics = task.metrics(scores, targets)
     report = loaded.report
     return {
         **metrics,

@@ -152,6 +152,13 @@ def test_two_folds_multiclass_then_aggregate_then_finetune(corpus, tmp_path, cap
     mean, std = 100 * np.mean(accs), 100 * np.std(accs, ddof=1)
     assert f"{mean:.2f} ± {std:.2f}" in row
 
+    # the evaluation command reads the run's clip length and task from the checkpoint
+    from dcls_audio.evaluate import evaluate_checkpoint
+
+    found = evaluate_checkpoint(str(runs / "fold2" / "last.pt"), [str(corpus["single"])])
+    assert found["num_eval_clips"] == 12 and 0 <= found["accuracy"] <= 1
+    assert np.sum(found["confusion_matrix"]) == 12 and len(found["per_class_recall"]) == 3
+
     # tagging uses the run's 5 s clips and softmax
     tagger = load_tagger(runs / "fold1" / "best.pt")
     assert tagger.window_samples == 5 * 32000 and tagger.activation == "softmax"

@@ -122,3 +122,14 @@ def training_sampler(
     if bool(data_cfg.balanced_sampling):
         return BalancedDistributedSampler(train_ds.targets(), world_size, rank, seed=seed)
     return DistributedSampler(train_ds, world_size, rank, shuffle=True, seed=seed, drop_last=True)
+
+
+def saved_clip_and_task(config: dict[str, Any]) -> tuple[int, str]:
+    """Clip length (samples) and ``data.task`` of a checkpoint's saved config.
+
+    Checkpoints of older runs and foreign files have no such keys: they are 10 s multilabel
+    AudioSet models.
+    """
+    data = config.get("data") or {}
+    seconds = data.get("clip_seconds", 10.0)
+    return round(float(seconds) * SAMPLE_RATE), str(data.get("task", "multilabel"))
