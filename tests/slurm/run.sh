@@ -18,9 +18,15 @@ start=$(date +%s)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/dcls-slurm.XXXXXX")
 chmod 755 "$WORK"
+TESTS_PID=""
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
+	# pytest and the sweep processes it started run in the process group of `timeout`: end
+	# them first (after an interrupt they would otherwise keep polling a stopped cluster).
+	if [[ -n $TESTS_PID ]] && kill -TERM -- "-$TESTS_PID" 2>/dev/null; then
+		sleep 2
+	fi
 	"$HERE/cluster.sh" stop "$WORK/cluster" || rc=1
 	if ((rc == 0)) && [[ -z ${KEEP:-} ]]; then
 		rm -rf "$WORK"
@@ -43,5 +49,9 @@ trap 'exit 130' INT TERM
 export SLURM_CONF=$WORK/cluster/slurm.conf
 export SLURM_TEST_PARTITION=${SLURM_TEST_PARTITION:-debug}
 export DCLS_SLURM_REQUIRED=1
-timeout --kill-after=10 "$LIMIT_S" "$PY" -m pytest -q -rA -m slurm -p no:cacheprovider \
-	--basetemp "$WORK/tests" "$HERE"
+# `timeout` leads its own process group (pytest, the sweeps it starts): stopped as one.
+timeout --kill-after=10 "$LIMIT_S" "$PY" -m pytest -q -rA --durations=0 -m slurm -p no:cacheprovider \
+	--basetemp "$WORK/tests" "$HERE" &
+TESTS_PID=$!
+wait "$TESTS_PID"
+TESTS_PID=""
