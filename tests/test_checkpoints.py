@@ -9,19 +9,22 @@ ConvNeXt layout is tested fast on ConvNeXt-atto (same names as ConvNeXt-T).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pathlib
 
 import pytest
 import timm
 import torch
-from conftest import cfgs
+from conftest import cfgs, train_cfg
+from omegaconf import OmegaConf
 from reference_models import authors_file, official_state, reference_model
 
 from dcls_audio.config import load_group
 from dcls_audio.models import build_model, init_from_checkpoint
 from dcls_audio.models.checkpoint import load_model
 from dcls_audio.models.foreign import infer_architecture, read_source
+from dcls_audio.train import run
 
 logging.getLogger().setLevel(logging.ERROR)  # the dcls package warns on every CPU layer
 ARCH = {  # the authors' --model names
@@ -205,3 +208,19 @@ def test_tagger_accepts_an_authors_checkpoint(tmp_path):
     with torch.no_grad():
         want = torch.sigmoid(ref(LogMelFrontend().eval()(wave)))
     close(tagger.probabilities(wave), want)
+
+
+def test_a_run_records_its_init_in_results_json(synthetic_root, tmp_path):
+    """model.init=finetune from one of our checkpoints: results.json says where weights began."""
+    base = ("trainer.batch_size=2", "trainer.global_batch_size=4", "trainer.epochs=1")
+    base += ("trainer.warmup_epochs=0", "optim.lr_ref_batch=4", "trainer.max_steps=1")
+    cfg = train_cfg(synthetic_root(8), *base)
+    src = build_model(cfg.model, cfg.conv)
+    ckpt = tmp_path / "start.pt"
+    config = OmegaConf.to_container(cfg, resolve=True)
+    torch.save({"model": src.state_dict(), "config": config}, ckpt)
+    cfg = train_cfg(synthetic_root(8), *base, "model.init=finetune", f"model.pretrained={ckpt}")
+    run(cfg, run_dir=tmp_path / "run")
+    init = json.loads((tmp_path / "run" / "results.json").read_text())["init"]
+    assert init["mode"] == "finetune" and init["pretrained"] == str(ckpt)
+    assert "init=finetune" in init["report"] and "new in the model: none" in init["report"]
