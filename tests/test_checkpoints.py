@@ -224,3 +224,37 @@ def test_a_run_records_its_init_in_results_json(synthetic_root, tmp_path):
     init = json.loads((tmp_path / "run" / "results.json").read_text())["init"]
     assert init["mode"] == "finetune" and init["pretrained"] == str(ckpt)
     assert "init=finetune" in init["report"] and "new in the model: none" in init["report"]
+
+
+def check_official_imagenet(tmp_path, model: str) -> None:
+    """An official-layout ImageNet DSC file (image stem, 1000 classes) initialises our model."""
+    from reference_models import REF
+
+    torch.manual_seed(0)
+    img = timm.create_model(REF[model][0], num_classes=1000)
+    path = tmp_path / "official_1k.pth"
+    torch.save({"model": official_state(model, img)}, path)
+    m, c = ours_for(model, False)
+    net = build_model({**m, "pretrained": str(path), "init": "imagenet"}, c)
+    report = net.build_info["pretrained"]
+    image_stem, head = (
+        ("stem.0", "head.fc") if model.startswith("convnext") else ("stem.conv", "head.fc.fc2")
+    )
+    assert set(report.skipped) == {"image stem", "classifier"}
+    assert all(k.startswith(image_stem + ".") for k in report.skipped["image stem"])
+    assert report.skipped["classifier"] == [head + ".bias", head + ".weight"]
+    own = net.state_dict()
+    for key, value in img.state_dict().items():
+        if key.startswith((image_stem + ".", head + ".")):
+            continue
+        torch.testing.assert_close(own[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_official_convnext_imagenet_file(tmp_path):
+    check_official_imagenet(tmp_path, "convnext_atto")
+
+
+@pytest.mark.slow
+def test_official_metaformer_imagenet_file(tmp_path):
+    """ConvFormer-S18: MetaFormer names, MLP head (only its last layer is the classifier)."""
+    check_official_imagenet(tmp_path, "convformer_s18")
