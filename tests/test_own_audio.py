@@ -112,6 +112,19 @@ def test_balanced_sampling_reaches_the_loader_and_table1_keeps_it_off(corpus):
     assert table1.clip_seconds == 10.0 and table1.fold is None
 
 
+def test_files_without_a_class_list_use_labels_file_or_audioset(synthetic_root):
+    root = synthetic_root(8)
+    cfg = compose_config(["data=synthetic", f"data.root={root}", "data.num_classes=10"])
+    files = [resolve_data_files(cfg.data, k) for k in ("train_files", "eval_files")]
+    with pytest.raises(ValueError, match=r"class_labels_indices.csv lists 16 classes but data.num"):
+        resolve_classes(cfg, files)
+    cfg = compose_config(["data=synthetic", f"data.root={root}", "data.labels_file=null"])
+    with pytest.raises(ValueError, match=r"packaged AudioSet class list lists 527 classes but"):
+        resolve_classes(cfg, files)
+    cfg = compose_config(["data=synthetic", f"data.root={root}", "data.num_classes=null"])
+    assert len(resolve_classes(cfg, files)) == 16 and cfg.data.num_classes == 16
+
+
 def test_explicit_class_count_is_checked_and_multiclass_refuses_multilabel_data(corpus):
     cfg = tiny(corpus["single"], "data.num_classes=4")
     files = [resolve_data_files(cfg.data, k) for k in ("train_files", "eval_files")]

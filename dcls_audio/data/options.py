@@ -74,9 +74,10 @@ def resolve_classes(cfg: DictConfig, files: list[list[str]]) -> list[str]:
         with open_dict(data):
             data.num_classes = len(names)
     elif int(data.num_classes) != len(names):
-        where = f"data.labels_file={data.labels_file}" if data.labels_file else "the class list"
-        if first is not None and not data.labels_file:
-            where = f"{first}"
+        if data.labels_file:
+            where = f"data.labels_file={data.labels_file}"
+        else:
+            where = first if first is not None else "the packaged AudioSet class list"
         raise ValueError(
             f"{where} lists {len(names)} classes but data.num_classes={data.num_classes} "
             "(null: take the count from the class list)"
