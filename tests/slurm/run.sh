@@ -5,7 +5,7 @@
 # slurmctld and slurmd on localhost from a temporary directory (tests/slurm/cluster.sh), runs
 # `pytest -m slurm tests/slurm` and stops the daemons again, whatever happens. On failure the
 # temporary directory is kept (daemon logs, the sweeps' run directories and submitit logs) and
-# named on stderr; KEEP=1 keeps it on success too.
+# named on stderr; KEEP=1 keeps it on success too. Arguments go to pytest (e.g. -k preempt).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY_VENV:-.venv/bin/python}
@@ -51,7 +51,7 @@ export SLURM_TEST_PARTITION=${SLURM_TEST_PARTITION:-debug}
 export DCLS_SLURM_REQUIRED=1
 # `timeout` leads its own process group (pytest, the sweeps it starts): stopped as one.
 timeout --kill-after=10 "$LIMIT_S" "$PY" -m pytest -q -rA --durations=0 -m slurm -p no:cacheprovider \
-	--basetemp "$WORK/tests" "$HERE" &
+	--basetemp "$WORK/tests" "$HERE" "$@" &
 TESTS_PID=$!
 wait "$TESTS_PID"
 TESTS_PID=""

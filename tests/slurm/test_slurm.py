@@ -1,4 +1,4 @@
-"""End to end on a real SLURM: a 2-seed sweep through hydra-submitit-launcher, and timeouts.
+"""End to end on a real SLURM: a 2-seed sweep through hydra-submitit-launcher, timeouts, preemption.
 
 These tests submit jobs with ``python train.py -m ... hydra/launcher=slurm`` to the cluster that
 ``SLURM_CONF`` names. ``make test-slurm`` (tests/slurm/run.sh) installs SLURM when it is missing,
@@ -31,8 +31,8 @@ BIN = Path(sys.executable).parent
 STEPS_PER_EPOCH = 8  # 32 clips / batch 4
 EPOCHS = 2
 SWEEP_LIMIT_S = 240  # the 2-seed sweep (two array tasks side by side on two cores)
-TIMEOUT_RUN_LIMIT_S = 360  # one run stopped three times, with three requeues
-TIMEOUTS = 3
+STOPPED_RUN_LIMIT_S = 360  # one run stopped three times, with three requeues
+STOPS = 3
 
 # The tiny training config: the CPU demo, 2 epochs of 8 steps of 4 clips, a progress line and
 # a "train" record in metrics.jsonl after every optimizer step.
@@ -95,7 +95,11 @@ def wait_for(what: str, check, limit_s: float, proc: subprocess.Popen | None = N
             value = check()  # the last state before the sweep process ended
             if value:
                 return value
-            pytest.fail(f"the sweep process exited ({proc.returncode}) while waiting for {what}")
+            tail = "\n".join(proc.log.read_text().strip().splitlines()[-3:])
+            pytest.fail(
+                f"the sweep process exited ({proc.returncode}) while waiting for {what}; "
+                f"its last lines:\n{tail}"
+            )
         time.sleep(poll)
     pytest.fail(f"timed out after {limit_s:.0f} s waiting for {what}")
 
@@ -240,16 +244,19 @@ def test_progress_lines_reach_the_run_directory_log(sweep):
     )
 
 
-# Timeout cases: extra overrides of the run, and whether the sweep's seed-0 run is its reference
-# (same config) or an uninterrupted run is launched beside it. "ddp2" is one SLURM job of two
-# tasks, i.e. two gloo DDP ranks on the CPU (world size from SLURM_NTASKS), 2 clips per rank.
+# Stop cases: (extra overrides of the run, whether the sweep's seed-0 run is its reference
+# (same config) rather than an uninterrupted run launched beside it, how the run is stopped).
+# "timeout": SIGUSR2 to the job's steps (`scancel --signal=USR2`), as SLURM's pre-timeout
+# signal (`#SBATCH --signal=USR2@...`, set by submitit) does; submitit's handler requeues.
+# "preempt": `scontrol requeue`, as a preemption with PreemptMode=REQUEUE: SLURM sends SIGTERM
+# to every process of the job and requeues it itself (no SIGUSR2, submitit is not asked).
+# "ddp2" is one SLURM job of two tasks: two gloo DDP ranks on the CPU, 2 clips per rank.
+DDP2 = ("trainer.device=cpu", "trainer.batch_size=2", "hydra.launcher.tasks_per_node=2")
 CASES = {
-    "uniform": ((), True),
-    "balanced": (("data.balanced_sampling=true",), False),
-    "ddp2": (
-        ("trainer.device=cpu", "trainer.batch_size=2", "hydra.launcher.tasks_per_node=2"),
-        False,
-    ),
+    "uniform": ((), True, "timeout"),
+    "balanced": (("data.balanced_sampling=true",), False, "timeout"),
+    "ddp2": (DDP2, False, "timeout"),
+    "preempt": ((), True, "preempt"),
 }
 
 
@@ -258,11 +265,11 @@ def squeue_state(job: str) -> str:
     return slurm("squeue", "-h", "-j", job, "-o", "%T", check=False).strip()
 
 
-def force_timeouts(proc, tdir: Path, name: str, report: dict) -> None:
-    """Send SIGUSR2 (submitit's pre-timeout signal) TIMEOUTS times, each inside training.
+def force_stops(proc, tdir: Path, name: str, how: str, report: dict) -> None:
+    """Stop the run STOPS times inside training (see CASES for ``how``).
 
-    After each signal, wait for submitit's requeue, release the requeued job at once (SLURM
-    holds it for about two minutes, reason BeginTime) and wait for the resume record.
+    After each stop, wait for the requeue, release the requeued job at once (SLURM holds it for
+    about two minutes, reason BeginTime) and wait for the run's resume record.
     """
     job = wait_for(
         "the job to be submitted",
@@ -272,23 +279,26 @@ def force_timeouts(proc, tdir: Path, name: str, report: dict) -> None:
     metrics = wait_for(
         "the run to start (metrics.jsonl)", lambda: list(tdir.glob("*/metrics.jsonl")), 240, proc
     )[0]
-    for k in range(1, TIMEOUTS + 1):
+    for k in range(1, STOPS + 1):
         # Two more optimizer steps than at the last (re)start: inside epoch 1 or 2.
         seen = len(records(metrics, "train"))
         wait_for(
-            f"2 training steps before timeout {k}",
+            f"2 training steps before stop {k}",
             lambda seen=seen: len(records(metrics, "train")) >= seen + 2, 120, proc, poll=0.2,
         )  # fmt: skip
         at = records(metrics, "train")[-1]["step"]
-        slurm("scancel", "--signal=USR2", job)
+        if how == "timeout":
+            slurm("scancel", "--signal=USR2", job)
+        else:
+            slurm("scontrol", "requeue", job)
         t_signal = time.monotonic()
         state = wait_for(
-            f"the job to be requeued after timeout {k}",
+            f"the job to be requeued after stop {k}",
             lambda: (s := squeue_state(job)) not in ("RUNNING", "COMPLETING") and (s or "GONE"),
             90, proc, poll=0.2,
         )  # fmt: skip
         if state == "GONE":
-            pytest.fail(f"after timeout {k} the job left the queue instead of being requeued")
+            pytest.fail(f"after stop {k} the job left the queue instead of being requeued")
         slurm("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
         resume = wait_for(
             f"resume {k} (a 'resume' record in {metrics})",
@@ -305,19 +315,20 @@ def force_timeouts(proc, tdir: Path, name: str, report: dict) -> None:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_three_timeouts_requeue_and_resume_to_the_same_weights(
+def test_three_stops_requeue_and_resume_to_the_same_weights(
     case, sweep, partition, data_root, work
 ):
-    """Three forced timeouts in a row on one run: requeue, exact mid-epoch resume, same weights.
+    """Three forced timeouts (or preemptions) in a row on one run: requeue, exact resume.
 
-    Each SIGUSR2 must make submitit requeue the job; the job starts again in the same run
-    directory and resumes from last.pt at the step it had reached; the sweep process exits 0
-    and the final last.pt holds the model tensors of an uninterrupted run of the same config.
+    After each stop the job is requeued (by submitit on SIGUSR2, by SLURM on a preemption),
+    starts again in the same run directory and resumes from last.pt at the step it had
+    reached; the sweep process waits for it and exits 0, and the final last.pt holds the model
+    tensors of an uninterrupted run of the same config.
     """
-    extra, sweep_is_reference = CASES[case]
+    extra, sweep_is_reference, how = CASES[case]
     rc, sweep_dir, _, _ = sweep
     assert rc == 0, "the 2-seed sweep failed"
-    base = work / f"timeouts_{case}"
+    base = work / f"stops_{case}"
     start = time.monotonic()
     ref_proc = None
     if sweep_is_reference:
@@ -333,15 +344,15 @@ def test_three_timeouts_requeue_and_resume_to_the_same_weights(
             lambda: "RUNNING" in slurm("squeue", "-h", "--name", f"dcls-ref-{case}", "-o", "%T"),
             60, ref_proc,
         )  # fmt: skip
-    tdir, name = base / "stopped", f"dcls-timeouts-{case}"
+    tdir, name = base / "stopped", f"dcls-stops-{case}"
     proc = start_sweep(
-        "0", data_root, tdir, *extra, f"hydra.launcher.max_num_timeout={TIMEOUTS + 1}",
+        "0", data_root, tdir, *extra, f"hydra.launcher.max_num_timeout={STOPS + 1}",
         partition=partition, name=name, log=base.with_suffix(".out"),
     )  # fmt: skip
     report: dict = {"case": case, "stops": []}
     try:
-        force_timeouts(proc, tdir, name, report)
-        rc_t = finish(proc, max(30.0, TIMEOUT_RUN_LIMIT_S - (time.monotonic() - start)))
+        force_stops(proc, tdir, name, how, report)
+        rc_t = finish(proc, max(30.0, STOPPED_RUN_LIMIT_S - (time.monotonic() - start)))
         if ref_proc is not None:
             assert finish(ref_proc, 120) == 0, ref_proc.log.read_text()
             reference = run_dirs(base / "reference")[0]
@@ -360,14 +371,16 @@ def test_three_timeouts_requeue_and_resume_to_the_same_weights(
         report["restarts"] = re.findall(r"Restarts=(\d+)", show)
         base.mkdir(parents=True, exist_ok=True)
         (base / "report.json").write_text(json.dumps(report, indent=1))
-        print(f"\ntimeouts ({case}):", json.dumps(report))
+        print(f"\nstops ({case}, {how}):", json.dumps(report))
 
     output = proc.log.read_text()
     assert rc_t == 0, f"the sweep process exited {rc_t}:\n{output}\n{logs}"
     run = run_dirs(tdir)[0]
     assert (run / "results.json").exists(), f"no results.json in {run}:\n{logs}"
     assert not report["temporary_file_race"], logs
-    assert len(report["requeued"]) == TIMEOUTS, f"submitit requeued {report['requeued']}\n{logs}"
+    if how == "timeout":
+        assert len(report["requeued"]) == STOPS, f"submitit requeued {report['requeued']}"
+    assert report["restarts"] == [str(STOPS)], f"SLURM restarts: {report['restarts']}"
     lost = [s for s in report["stops"] if s["resumed_at_step"] != s["last_logged_step"]]
     assert not lost, f"resumed before the step the run had reached: {report['stops']}"
     inside = [s for s in report["stops"] if s["resumed_at_step"] % STEPS_PER_EPOCH]
