@@ -35,6 +35,7 @@ INFO_KEYS = (
     "steps",
     "world_size",
     "init",
+    "device",
     "class_names",
     "task",
 )
@@ -124,6 +125,7 @@ def build_results(
     world_size: int,
     class_names: list[str],
     init: Mapping[str, Any] | None = None,
+    device: Mapping[str, Any],
     task: str = "multilabel",
 ) -> dict[str, Any]:
     """The results.json document of a finished run: its metrics, then what describes the run."""
@@ -144,6 +146,7 @@ def build_results(
         "epochs_trained": int(epochs_trained),
         "steps": int(steps),
         "world_size": int(world_size),
+        "device": dict(device),
         "class_names": list(class_names),
         "init": dict(init) if init is not None else {"mode": "none", "pretrained": None},
         "task": str(task),

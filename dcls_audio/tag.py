@@ -83,6 +83,10 @@ def load_tagger(checkpoint: str | Path, device: str = "cpu", prefer_ema: bool = 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read a file as float32 mono at 32 kHz; AudioReadError naming the file on any failure."""
     path = Path(path)
+    if not path.is_file():  # soundfile would only say "System error."
+        raise AudioReadError(
+            f"{path}: no such file" if not path.exists() else f"{path}: not a file"
+        )
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises LibsndfileError, OSError, TypeError, ...

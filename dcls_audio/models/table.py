@@ -42,9 +42,7 @@ def count(model: torch.nn.Module) -> dict:
     return {"params": total, "position_params": positions}
 
 
-def measure(
-    models: Sequence[str] = MODEL_NAMES, convs: Sequence[str] = CONV_ORDER
-) -> list[dict]:
+def measure(models: Sequence[str] = MODEL_NAMES, convs: Sequence[str] = CONV_ORDER) -> list[dict]:
     """One row per model x conv with counts at 527 and 1000 outputs."""
     rows = []
     for name in models:
