@@ -140,6 +140,16 @@ def describe_device(device: torch.device, amp: bool, world_size: int) -> dict[st
     return info
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device, find_unused: bool) -> torch.nn.Module:
+    """DDP around ``model`` (gradient buckets as views: no copy of the gradients)."""
+    return torch.nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused,
+        gradient_as_bucket_view=True,
+    )
+
+
 def sync_buffers(model: torch.nn.Module) -> None:
     """Average the floating-point buffers (BatchNorm running statistics) over ranks.
 

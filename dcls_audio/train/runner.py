@@ -36,6 +36,7 @@ from dcls_audio.train.distributed import (
     distributed_session,
     pick_device,
     resolve_env,
+    wrap_ddp,
 )
 from dcls_audio.train.log import RunLogger, StepLog
 from dcls_audio.train.loop import ModelEma, configure_determinism, fit
@@ -112,8 +113,7 @@ def _train(
     loaders = build_loaders(
         cfg.data, cfg.augment, *files, batch_size=int(tr.batch_size),
         eval_batch_size=tr.eval_batch_size, max_eval_samples=tr.max_eval_samples, seed=seed,
-        rank=env.rank,
-        world_size=env.world_size, device=device,
+        rank=env.rank, world_size=env.world_size, device=device,
     )  # fmt: skip
     steps_per_epoch = len(loaders.train) // accum
     if steps_per_epoch == 0:
@@ -141,7 +141,8 @@ def _train(
     frontend, mixup = batch_augment(cfg.augment, device)
     task = build_task(cfg.data.task, float(cfg.augment.label_smoothing), mixup)
 
-    logger = RunLogger(out, active=main, wandb_cfg=_plain(cfg.wandb), config=config)
+    wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True)
+    logger = RunLogger(out, active=main, wandb_cfg=wandb_cfg, config=config)
     state, epoch_rng = ckpt.RunState(), None
     if saved is not None:
         state, epoch_rng = ckpt.restore(
@@ -173,14 +174,9 @@ def _train(
         logger.close()
         return results_io.metrics_of(results_io.read_results(results_path))
 
-    ddp_model: torch.nn.Module = model
-    if env.distributed:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=bool(tr.find_unused_parameters),
-            gradient_as_bucket_view=True,
-        )
+    ddp_model = (
+        wrap_ddp(model, device, bool(tr.find_unused_parameters)) if env.distributed else model
+    )
     step_log = StepLog(
         logger, optimizer, every=int(tr.log_every), epochs=epochs, total_steps=total_steps,
         global_batch_size=int(tr.global_batch_size), device=device,
@@ -213,14 +209,8 @@ def _train(
             logger.print(f"results written to {results_path}: mAP {metrics['map']:.4f}")
         metrics = broadcast_object(metrics)
     except Preempted:
-        logger.close()
         stop.forward()  # e.g. submitit's requeue, now that last.pt holds this step
         raise
     finally:
         logger.close()
     return metrics
-
-
-def _plain(node: Any) -> Any:
-    """Plain container of a DictConfig node (None stays None)."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
