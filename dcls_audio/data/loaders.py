@@ -142,6 +142,7 @@ def build_loaders(
     The files come from `resolve_data_files` (called before a run creates anything).
     """
     from dcls_audio.train.evaluate import ShardedEvalSampler
+    from dcls_audio.train.preempt import ignore_stop_signals
 
     from .options import check_targets, dataset_options, training_sampler
 
@@ -163,6 +164,7 @@ def build_loaders(
     train = DataLoader(
         train_ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
         drop_last=True, generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=ignore_stop_signals,
     )  # fmt: skip
     eval_loader = DataLoader(
         eval_ds,
@@ -170,5 +172,6 @@ def build_loaders(
         sampler=ShardedEvalSampler(len(eval_ds), rank, world_size),
         num_workers=workers,
         pin_memory=pin,
+        worker_init_fn=ignore_stop_signals,
     )
     return Loaders(train=train, sampler=sampler, eval=eval_loader)

@@ -21,6 +21,9 @@ from dcls_audio.results import METRICS_FILE, jsonable
 from dcls_audio.train.distributed import all_reduce_mean
 
 WANDB_MODES = ("disabled", "offline", "online")
+# Console lines are also appended here, in the run directory: under SLURM stdout lands in the
+# scheduler's output file (Hydra's own job log of train.py has the same name; lines interleave).
+CONSOLE_LOG = "train.log"
 
 
 def format_duration(seconds: float) -> str:
@@ -49,17 +52,19 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.stream = stream if stream is not None else sys.stdout
         self._wandb = None
-        self._jsonl = None
+        self._jsonl = self._console = None
         if not active:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        self._console = open(self.run_dir / CONSOLE_LOG, "a", encoding="utf-8")  # noqa: SIM115
         self._wandb = _start_wandb(wandb_cfg or {}, self.run_dir, config or {})
 
     def print(self, message: str) -> None:
         """One console line, flushed at once (SLURM buffers otherwise)."""
         if self.active:
             print(message, file=self.stream, flush=True)
+            print(message, file=self._console, flush=True)
 
     def record(self, kind: str, values: dict[str, Any], step: int | None = None) -> None:
         """Append ``{"type": kind, "time": ..., **values}`` to the JSONL file; mirror to wandb."""
@@ -109,10 +114,11 @@ class RunLogger:
         self.record("eval", {"epoch": epoch, **metrics}, step=step)
 
     def close(self) -> None:
-        """Flush and close the JSONL file and the wandb run."""
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
+        """Flush and close the JSONL and console files and the wandb run."""
+        for f in (self._jsonl, self._console):
+            if f is not None:
+                f.close()
+        self._jsonl = self._console = None
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None

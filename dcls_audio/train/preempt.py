@@ -22,8 +22,12 @@ import torch.distributed as dist
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
 
-class Preempted(RuntimeError):
-    """The run stopped on a signal after saving a checkpoint at the current step."""
+class Preempted(SystemExit):
+    """The run stopped on a signal after saving a checkpoint at the current step.
+
+    A `SystemExit` (status 1, with its message): neither Hydra nor submitit records it as the
+    job's result, so a sweep keeps waiting for the requeued job instead of failing.
+    """
 
 
 class StopSignal:
@@ -68,3 +72,13 @@ class StopSignal:
     def name(self) -> str:
         """Name of the received signal (or 'a stop request' when another rank received it)."""
         return signal.Signals(self.received).name if self.received else "a stop request"
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: workers leave stopping to the training process.
+
+    SLURM signals every process of a job; a loader worker killed by SIGTERM would make the
+    training process fail before it saves the step.
+    """
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
