@@ -90,6 +90,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         arrays = {f"{k}_{part}": v[i] for k, v in results.items() for i, part in enumerate("st")}
         arrays["modes"] = np.array([m.training for m in model.modules()] + [frontend.training])
         np.savez(os.path.join(out_dir, f"rank{rank}.npz"), **arrays)
+        dist.barrier()  # leave together: gloo aborts a rank whose peer tore down first
     finally:
         dist.destroy_process_group()
 

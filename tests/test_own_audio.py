@@ -172,6 +172,10 @@ def test_two_folds_multiclass_then_aggregate_then_finetune(corpus, tmp_path, cap
     assert found["num_eval_clips"] == 12 and 0 <= found["accuracy"] <= 1
     assert np.sum(found["confusion_matrix"]) == 12 and len(found["per_class_recall"]) == 3
 
+    # best.pt of a multiclass run is chosen by accuracy
+    best = torch.load(runs / "fold1" / "best.pt", weights_only=True)
+    assert best["best_score"] == best["metrics"]["accuracy"] != best["metrics"]["map"]
+
     # tagging uses the run's 5 s clips and softmax
     tagger = load_tagger(runs / "fold1" / "best.pt")
     assert tagger.window_samples == 5 * 32000 and tagger.activation == "softmax"

@@ -32,7 +32,7 @@ REQUIRED_KEYS = (
     "steps_per_epoch",
     "config",
 )
-BEST_KEYS = ("model", "ema", "config", "class_names", "epoch", "step", "best_map")
+BEST_KEYS = ("model", "ema", "config", "class_names", "epoch", "step", "best_score")
 # Keys whose change makes an existing last.pt unusable for the run being started: the model,
 # its optimiser and everything the per-iteration schedule is built from (a resumed run must
 # continue the saved schedule, not silently keep its old horizon or warm-up).
@@ -58,7 +58,7 @@ class RunState:
     epoch: int = 0
     step: int = 0
     epoch_step: int = 0  # optimizer steps of `epoch` already done (a run stopped mid-epoch)
-    best_map: float = float("-inf")
+    best_score: float = float("-inf")  # best.pt's selection metric (the task's `selection`)
     train_time_s: float = 0.0
     train_samples: int = 0
     wall_time_s: float = 0.0

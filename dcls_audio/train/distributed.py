@@ -253,5 +253,6 @@ def distributed_session(env: DistEnv, device: torch.device) -> Iterator[None]:
     init_distributed(env, device)
     try:
         yield
+        barrier()  # leave together: gloo aborts a rank whose peer tore down first
     finally:
         cleanup_distributed()

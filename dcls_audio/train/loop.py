@@ -303,8 +303,9 @@ def fit(
             if main:
                 state.last_eval = {"step": state.step, "metrics": metrics}
                 logger.eval_report(epoch, state.step, metrics)
-                if metrics["map"] > state.best_map:  # False for NaN
-                    state.best_map, best = float(metrics["map"]), metrics
+                score = metrics[task.selection if task is not None else "map"]
+                if score > state.best_score:  # False for NaN
+                    state.best_score, best = float(score), metrics
         save(best)
         if state.step < total_steps and stop.requested():  # at the epoch's last step
             _preempted(stop, state.step, run_dir, logger)

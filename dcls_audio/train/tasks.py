@@ -95,6 +95,7 @@ class Task:
     name: str
     criterion: nn.Module
     activation: str  # "sigmoid" or "softmax": scores handed to the metrics
+    selection: str  # the metric that picks best.pt: mAP (multilabel), accuracy (multiclass)
 
     def metrics(self, scores: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
         """Every metric of the task (mAP/mAUC/d′ for both; the multiclass ones in addition)."""
@@ -113,8 +114,8 @@ def build_task(task: str, label_smoothing: float, mixup: Any = None) -> Task:
     if check_task(task) == "multiclass":
         if mixup is not None:
             mixup.label_smoothing = 0.0
-        return Task("multiclass", SoftTargetCrossEntropy(label_smoothing), "softmax")
-    return Task("multilabel", nn.BCEWithLogitsLoss(), "sigmoid")
+        return Task("multiclass", SoftTargetCrossEntropy(label_smoothing), "softmax", "accuracy")
+    return Task("multilabel", nn.BCEWithLogitsLoss(), "sigmoid", "map")
 
 
 def write_confusion(run_dir: str | Path, matrix: list[list[int]], names: list[str]) -> list[Path]:
