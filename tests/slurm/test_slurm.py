@@ -29,12 +29,12 @@ pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STEPS_PER_EPOCH = 8  # 32 clips / batch 4
-EPOCHS = 2
+EPOCHS = 4  # long enough that a third stop, 2 steps after the second resume, lands in training
 SWEEP_LIMIT_S = 240  # the 2-seed sweep (two array tasks side by side on two cores)
 STOPPED_RUN_LIMIT_S = 360  # one run stopped three times, with three requeues
 STOPS = 3
 
-# The tiny training config: the CPU demo, 2 epochs of 8 steps of 4 clips, a progress line and
+# The tiny training config: the CPU demo, 4 epochs of 8 steps of 4 clips, a progress line and
 # a "train" record in metrics.jsonl after every optimizer step.
 TINY = (
     "experiment=demo",
@@ -236,7 +236,7 @@ def test_progress_lines_reach_the_run_directory_log(sweep):
     rc, sweep_dir, _, _ = sweep
     run = run_dirs(sweep_dir)[0]
     logs = {p.name: p.read_text(errors="replace") for p in run.glob("*.log")}
-    progress = {n: len(re.findall(r"step \d+/\d+", t)) for n, t in logs.items()}
+    progress = {n: len(re.findall(r"step\s+\d+/\d+", t)) for n, t in logs.items()}
     total = EPOCHS * STEPS_PER_EPOCH
     assert any(n >= total for n in progress.values()), (
         f"progress lines (one per step, {total}) per log file of {run}: {progress}; "
