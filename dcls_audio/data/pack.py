@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +173,21 @@ def _open_partial(path: Path, num_classes: int) -> h5py.File:
     return f
 
 
+def append_row(
+    f: h5py.File, name: str, clip: np.ndarray, labels: Iterable[int], fold: int | None = None
+) -> None:
+    """Append one clip (name, int16 waveform, multi-hot target, fold) to a packing file."""
+    columns = ("audio_name", "waveform", "target") + (("fold",) if fold is not None else ())
+    row = f["audio_name"].shape[0]
+    for key in columns:
+        f[key].resize(row + 1, axis=0)
+    target = np.zeros(f["target"].shape[1], dtype=bool)
+    target[list(labels)] = True
+    f["audio_name"][row], f["waveform"][row], f["target"][row] = name.encode(), clip, target
+    if fold is not None:
+        f["fold"][row] = fold
+
+
 def pack(
     audio_dir: str | os.PathLike,
     segments_csv: str | os.PathLike,
@@ -203,7 +219,6 @@ def pack(
                 todo.append((i, str(found[s.ytid])))
         if done:
             log.info("resuming %s: %d rows already written", partial, len(done))
-        names, wav, tgt = f["audio_name"], f["waveform"], f["target"]
         # "spawn": forked children of a process that already ran torch's OpenMP code can deadlock
         pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
         try:
@@ -215,22 +230,15 @@ def pack(
                         {"ytid": s.ytid, "file": found[s.ytid].name, "error": err}
                     )
                     continue
-                row = names.shape[0]
-                for d in (names, wav, tgt):
-                    d.resize(row + 1, axis=0)
-                names[row] = s.ytid.encode()
-                wav[row] = clip
-                target = np.zeros(len(classes.mids), dtype=bool)
-                target[list(s.labels)] = True
-                tgt[row] = target
+                append_row(f, s.ytid, clip, s.labels)
                 if k % FLUSH_EVERY == 0:
-                    f.attrs["rows_done"] = row + 1
+                    f.attrs["rows_done"] = f["audio_name"].shape[0]
                     f.flush()
         finally:
             if pool:
                 pool.terminate()
-        report["written"] = names.shape[0]
-        f.attrs["rows_done"] = names.shape[0]
+        report["written"] = f["audio_name"].shape[0]
+        f.attrs["rows_done"] = report["written"]
     finally:
         f.close()
     write_json(out.with_name(out.name + ".report.json"), report)

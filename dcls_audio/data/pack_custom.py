@@ -40,7 +40,7 @@ from tqdm import tqdm
 from dcls_audio.results import write_json
 
 from .labels import ClassIndex, read_class_index, write_class_index
-from .pack import AUDIO_SUFFIXES, FLUSH_EVERY, _load_task
+from .pack import AUDIO_SUFFIXES, FLUSH_EVERY, _load_task, append_row
 from .waveform import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -248,8 +248,6 @@ def pack_custom(
         if done:
             log.info("resuming %s: %d rows already written", partial, len(done))
         todo = [(i, str(audio_dir / items[i].name)) for i in todo_all if items[i].name not in done]
-        names, wav, tgt = f["audio_name"], f["waveform"], f["target"]
-        fold = f["fold"] if folds else None
         pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
         try:
             tasks = [(i, p, clip_samples) for i, p in todo]
@@ -259,27 +257,18 @@ def pack_custom(
                 if clip is None:
                     report["unreadable"].append({"file": items[i].name, "error": err})
                     continue
-                row = names.shape[0]
-                for d in (names, wav, tgt, *((fold,) if folds else ())):
-                    d.resize(row + 1, axis=0)
-                names[row] = items[i].name.encode()
-                wav[row] = clip
-                target = np.zeros(len(classes.mids), dtype=bool)
-                target[list(targets[i])] = True
-                tgt[row] = target
-                if folds:
-                    fold[row] = items[i].fold
+                append_row(f, items[i].name, clip, targets[i], items[i].fold if folds else None)
                 if k % FLUSH_EVERY == 0:
-                    f.attrs["rows_done"] = row + 1
+                    f.attrs["rows_done"] = f["audio_name"].shape[0]
                     f.flush()
         finally:
             if pool:
                 pool.terminate()
-        report["written"] = names.shape[0]
+        report["written"] = f["audio_name"].shape[0]
         if folds:
-            values, counts = np.unique(fold[()], return_counts=True)
+            values, counts = np.unique(f["fold"][()], return_counts=True)
             report["folds"] = {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
-        f.attrs["rows_done"] = names.shape[0]
+        f.attrs["rows_done"] = report["written"]
     finally:
         f.close()
     if report["written"] == 0:
