@@ -366,7 +366,9 @@ def test_three_stops_requeue_and_resume_to_the_same_weights(
         report["temporary_file_race"] = "A temporary saved file already exists" in logs
         report["not_requeued"] = re.findall(r"Job not requeued because: [^\n]*", logs)
         # submitit logs each line to the job's stdout and stderr: count distinct messages
-        report["requeued"] = sorted(set(re.findall(r"Requeued job \S+ \([^)]*\)", logs)))
+        report["requeued"] = sorted(
+            set(re.findall(r"Requeued job \d+ \(\d+ remaining timeouts\)", logs))
+        )
         show = slurm("scontrol", "show", "job", report.get("job", "0"), check=False)
         report["restarts"] = re.findall(r"Restarts=(\d+)", show)
         base.mkdir(parents=True, exist_ok=True)
