@@ -422,13 +422,19 @@ def test_fft_auto_selection():
     assert not prefer_fft(stage1.half(), kernel.half(), 96, (1, 1), pads)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not prefer_fft(stage1, kernel, 96, (1, 1), pads)
-    # inference: against the channels_last direct forward, only stage 1 of ConvNeXt-T gains
+    # inference, against the channels_last direct forward (measured, docs/benchmarks.md): the
+    # 23x23 layers of ConvNeXt-T's stages 1-3 gain, its cropped 15x13 stage 4 and the demo's
+    # 11x11 kernel on a 32x31 map do not
     assert prefer_fft(stage1, kernel, 96, (1, 1), pads, training=False)
     stage3 = torch.empty(8, 384, 16, 15)
     assert prefer_fft(stage3, kernel[:1].expand(384, 1, 23, 23), 384, (1, 1), pads)
-    assert not prefer_fft(
-        stage3, kernel[:1].expand(384, 1, 23, 23), 384, (1, 1), pads, training=False
-    )
+    assert prefer_fft(stage3, kernel[:1].expand(384, 1, 23, 23), 384, (1, 1), pads, None, False)
+    stage4 = torch.empty(8, 768, 8, 7)
+    cropped = torch.empty(768, 1, 15, 13)
+    assert not prefer_fft(stage4, cropped, 768, (1, 1), ((7, 7), (6, 6)), training=False)
+    small = torch.empty(48, 1, 11, 11)
+    demo2 = torch.empty(8, 48, 32, 31)
+    assert not prefer_fft(demo2, small, 48, (1, 1), ((5, 5),) * 2, training=False)
     assert prefer_fft(stage3, kernel[:1].expand(384, 1, 23, 23), 384, (1, 1), pads, 0.0, False)
     layer = Dcls2d(4, 4, 3, 5, groups=4)
     layer.conv_impl = "winograd"

@@ -21,9 +21,12 @@ __all__ = ["cpu_depthwise_2d", "fft_depthwise_conv2d", "prefer_fft"]
 # Measured on x86 CPUs: one direct depthwise multiply-add costs about as much as this many
 # "n log2 n" units of a real FFT round trip. Training counts forward + backward on both sides
 # (the direct weight gradient of large depthwise kernels is a slow path); inference compares the
-# FFT with the channels_last direct forward (break-even 17-21 on AVX2, docs/benchmarks.md).
+# FFT with the channels_last direct forward: break-even between 6.3 (11x11 on 32x31: direct
+# 1.6x faster) and 7.2 (11x11 on 64x62: FFT 1.5x faster), both at 1 and 2 threads on the
+# project's 2-core x86 machine; an earlier 17 left ConvNeXt-T's stage-2/3 layers on the
+# direct path, 5x / 1.2-1.7x slower than the FFT (docs/benchmarks.md).
 _FFT_COST_FACTOR = 4.0
-_FFT_COST_FACTOR_INFERENCE = 17.0
+_FFT_COST_FACTOR_INFERENCE = 6.5
 
 
 def _fast_size(n: int) -> int:
