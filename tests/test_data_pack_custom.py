@@ -146,7 +146,7 @@ def test_resume_after_interruption_and_parallel(corpus, monkeypatch):
             raise Crash
         return real(task)
 
-    monkeypatch.setattr(pc, "FLUSH_EVERY", 1)
+    monkeypatch.setattr("dcls_audio.data.pack.FLUSH_EVERY", 1)  # append_row flushes
     monkeypatch.setattr(pc, "_load_task", crash_on_third)
     out = tmp / "resumed.h5"
     with pytest.raises(Crash):

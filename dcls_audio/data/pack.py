@@ -176,7 +176,11 @@ def _open_partial(path: Path, num_classes: int) -> h5py.File:
 def append_row(
     f: h5py.File, name: str, clip: np.ndarray, labels: Iterable[int], fold: int | None = None
 ) -> None:
-    """Append one clip (name, int16 waveform, multi-hot target, fold) to a packing file."""
+    """Append one clip (name, int16 waveform, multi-hot target, fold) to a packing file.
+
+    Every `FLUSH_EVERY` rows the file is flushed and ``rows_done`` marks the rows a resumed
+    packing keeps.
+    """
     columns = ("audio_name", "waveform", "target") + (("fold",) if fold is not None else ())
     row = f["audio_name"].shape[0]
     for key in columns:
@@ -186,6 +190,9 @@ def append_row(
     f["audio_name"][row], f["waveform"][row], f["target"][row] = name.encode(), clip, target
     if fold is not None:
         f["fold"][row] = fold
+    if (row + 1) % FLUSH_EVERY == 0:
+        f.attrs["rows_done"] = row + 1
+        f.flush()
 
 
 def pack(
@@ -223,7 +230,7 @@ def pack(
         pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
         try:
             results = pool.imap(_load_task, todo, chunksize=4) if pool else map(_load_task, todo)
-            for k, (i, clip, err) in enumerate(results, start=1):
+            for i, clip, err in results:
                 s = segments[i]
                 if clip is None:
                     report["unreadable"].append(
@@ -231,9 +238,6 @@ def pack(
                     )
                     continue
                 append_row(f, s.ytid, clip, s.labels)
-                if k % FLUSH_EVERY == 0:
-                    f.attrs["rows_done"] = f["audio_name"].shape[0]
-                    f.flush()
         finally:
             if pool:
                 pool.terminate()

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from dcls_audio.results import write_json
 
 from .labels import ClassIndex, read_class_index, write_class_index
-from .pack import AUDIO_SUFFIXES, FLUSH_EVERY, _load_task, append_row
+from .pack import AUDIO_SUFFIXES, _load_task, append_row
 from .waveform import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -253,14 +253,11 @@ def pack_custom(
             tasks = [(i, p, clip_samples) for i, p in todo]
             results = pool.imap(_load_task, tasks, chunksize=4) if pool else map(_load_task, tasks)
             bar = tqdm(results, total=len(todo), desc=f"packing {out.name}", disable=not progress)
-            for k, (i, clip, err) in enumerate(bar, start=1):
+            for i, clip, err in bar:
                 if clip is None:
                     report["unreadable"].append({"file": items[i].name, "error": err})
                     continue
                 append_row(f, items[i].name, clip, targets[i], items[i].fold if folds else None)
-                if k % FLUSH_EVERY == 0:
-                    f.attrs["rows_done"] = f["audio_name"].shape[0]
-                    f.flush()
         finally:
             if pool:
                 pool.terminate()
