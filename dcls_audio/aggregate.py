@@ -92,11 +92,10 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 def experiment_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The config keys that define an experiment (everything but `IGNORED_KEYS`)."""
-    ignored = tuple(IGNORED_KEYS)
     return {
         k: v
         for k, v in flatten(config).items()
-        if not any(k == i or k.startswith(i + ".") for i in ignored)
+        if not any(k == i or k.startswith(i + ".") for i in IGNORED_KEYS)
     }
 
 

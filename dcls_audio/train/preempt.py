@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -65,7 +64,7 @@ class StopSignal:
 
     def forward(self) -> None:
         """Hand the received signal to the handler installed before (e.g. submitit's requeue)."""
-        previous: Callable | Any = self._previous.get(self.received) if self.received else None
+        previous = self._previous.get(self.received) if self.received else None
         if callable(previous):
             previous(self.received, self._frame)
 
