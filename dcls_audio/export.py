@@ -51,8 +51,7 @@ class ExportLogMel(nn.Module):
 
     def __init__(self, frontend: nn.Module) -> None:
         super().__init__()
-        spec = frontend.spectrogram
-        n_fft, self.hop = int(spec.n_fft), int(spec.hop_length)
+        n_fft, self.hop = int(frontend.n_fft), int(frontend.hop_length)
         bins = n_fft // 2 + 1
         window = torch.hann_window(n_fft, dtype=torch.float64)
         angle = 2 * math.pi * torch.outer(torch.arange(bins), torch.arange(n_fft)) / n_fft

@@ -83,6 +83,12 @@ class LogMelFrontend(nn.Module):
     (128 bins, 50-14 000 Hz, no normalisation) -> 10 log10(max(x, 1e-10))
     -> (x + 18.2696) / 30.5735.
     Always computed in float32, also under autocast.
+
+    The power step is written here rather than taken from ``torchaudio.transforms.Spectrogram``:
+    that one takes ``|z|`` (a hypot over the strided complex layout) then squares it, which on the
+    CPU cost more than the FFT itself; squaring the real and imaginary parts in the frame-major
+    layout that ``torch.stft`` returns is ~4x cheaper and equal to rounding. The mel projection
+    then reads that layout through a transposed matmul, with no copy.
     """
 
     def __init__(
@@ -98,15 +104,9 @@ class LogMelFrontend(nn.Module):
         std: float = LOGMEL_STD,
     ) -> None:
         super().__init__()
-        self.spectrogram = T.Spectrogram(
-            n_fft=n_fft,
-            win_length=n_fft,
-            hop_length=hop_length,
-            window_fn=torch.hann_window,
-            center=True,
-            pad_mode="reflect",
-            power=2.0,
-        )
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.mel = T.MelScale(
             n_mels=n_mels,
             sample_rate=sample_rate,
@@ -122,15 +122,40 @@ class LogMelFrontend(nn.Module):
         self.mean = mean
         self.std = std
 
+    def power(self, wave: torch.Tensor) -> torch.Tensor:
+        """Waveforms (N, T) -> STFT power as an (N, frames, bins) contiguous tensor."""
+        z = torch.stft(
+            wave,
+            self.n_fft,
+            self.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        parts = torch.view_as_real(z.transpose(1, 2)).square()  # (N, frames, bins, 2)
+        return parts[..., 0] + parts[..., 1]
+
     def forward(self, wave: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Waveforms (N, T) -> (N, 1, n_mels, frames); ``generator`` drives the erasing draws."""
         if wave.ndim != 2:
             raise ValueError(f"expected waveforms of shape (N, {CLIP_SAMPLES}), found {wave.shape}")
+        n = wave.shape[0]
+        frames = wave.shape[1] // self.hop_length + 1
+        boxes = None
+        if self.training and self.erase_p > 0:
+            bins = self.n_fft // 2 + 1
+            boxes = random_erasing_boxes(n, bins, frames, p=self.erase_p, generator=generator)
+        # On the CPU one clip at a time keeps the ~4 MB spectrogram in cache: ~2.5x faster than
+        # the whole batch at once. Accelerators take the batch in one go.
+        step = 1 if wave.device.type == "cpu" else max(n, 1)
+        fb = self.mel.fb.transpose(0, 1)
+        out = wave.new_empty((n, 1, fb.shape[0], frames), dtype=torch.float32)
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = self.spectrogram(wave.float())
-            if self.training and self.erase_p > 0:
-                n, height, width = spec.shape
-                boxes = random_erasing_boxes(n, height, width, p=self.erase_p, generator=generator)
-                spec = erase_(spec, boxes)
-            x = self.to_db(self.mel(spec))
-            return ((x - self.mean) / self.std).unsqueeze(1)
+            for lo in range(0, n, step):
+                power = self.power(wave[lo : lo + step].float())
+                if boxes is not None:
+                    erase_(power.transpose(1, 2), boxes[lo : lo + step])  # boxes: (bins, frames)
+                mel = torch.matmul(fb, power.transpose(1, 2))  # (n, mels, frames)
+                out[lo : lo + step, 0] = (self.to_db(mel) - self.mean) / self.std
+        return out
