@@ -55,6 +55,7 @@ DCLS_GAUSS = {
     "kernel_count": 26,
     "version": "gauss",
     "share_positions": True,
+    "position_init": "normal",
 }
 MODEL_KEYS = {
     "name",
@@ -277,9 +278,10 @@ def test_demo_config_builds_a_small_dcls_convnext(hydra_ctx):
     from dcls_audio.dcls import Dcls2d
     from dcls_audio.models import build_model
 
-    cfg = compose("train", overrides=["experiment=demo"])
+    cfg = compose("train", overrides=["experiment=demo", "data.num_classes=19"])
     assert cfg.conv.name == "dcls_gauss" and cfg.conv.kernel_count == 26
-    assert cfg.data.num_classes == 16 and cfg.trainer.device == "cpu"
+    assert cfg.conv.position_init == "uniform" and cfg.data.clip_seconds == 5.0
+    assert cfg.data.root == "data/sounds" and cfg.trainer.device == "cpu"
     model = build_model(cfg.model, cfg.conv)
     dcls = [m for m in model.modules() if isinstance(m, Dcls2d)]
     assert len(dcls) == 6 and {m.dilated_kernel_size for m in dcls} == {(11, 11)}

@@ -72,6 +72,26 @@ def test_without_sharing_every_layer_owns_its_positions():
     assert len(layers) == 12 and len({id(m.P) for m in layers}) == 12  # depths 2, 2, 6, 2
 
 
+def test_position_init_normal_clusters_uniform_spreads():
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", pretrained=False)
+    names = replace_depthwise(model, kernel_count=26, dilated_kernel_size=11)
+    normal = torch.cat([model.get_submodule(n).P.detach().flatten() for n in names])
+    model = timm.create_model("convnext_atto", pretrained=False)
+    names = replace_depthwise(
+        model, kernel_count=26, dilated_kernel_size=11, position_init="uniform"
+    )
+    layers = [model.get_submodule(n) for n in names]
+    uniform = torch.cat([m.P.detach().flatten() for m in layers])
+    assert normal.std() == pytest.approx(0.5, abs=0.05) and normal.abs().max() <= 5
+    assert uniform.min() >= -5 and uniform.max() <= 5
+    assert uniform.std() == pytest.approx(10 / 12**0.5, rel=0.1)  # U(-5, 5)
+    assert (uniform.abs() > 3).float().mean() == pytest.approx(0.4, abs=0.05)
+    assert layers[0].P is layers[1].P  # sharing is unchanged
+    with pytest.raises(ValueError, match="position_init='spread'; expected one of"):
+        replace_depthwise(_Toy(), position_init="spread")
+
+
 class _Toy(nn.Module):
     def __init__(self):
         super().__init__()

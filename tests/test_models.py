@@ -276,6 +276,8 @@ def test_dictconfig_input_and_drop_path():
         ({}, {"type": "dcls", "version": "v1"}, "version"),
         ({}, {"type": "dcls", "kernel_size": 5}, "no depthwise 5x5 Conv2d"),
         ({}, {"type": "dcls", "kernel_count": 0}, "kernel_count must be an integer >= 1"),
+        ({}, {"type": "dcls", "position_init": "gauss"}, "position_init='gauss'; expected one"),
+        ({}, {"dilated_kernel_sise": 11}, r"unknown key\(s\) \['dilated_kernel_sise'\]"),
     ],
 )
 def test_bad_config_errors(model_over, conv_over, match):
@@ -284,6 +286,15 @@ def test_bad_config_errors(model_over, conv_over, match):
     c.update(conv_over)
     with pytest.raises((ValueError, TypeError), match=match), torch.device("meta"):
         build_model(m, c)
+
+
+def test_dsc_ignores_dcls_only_keys():
+    """An experiment may set DCLS keys for both convs (the demo does); DSC drops them."""
+    m, c = cfgs("convnext_atto", "dsc")
+    c.update(dilated_kernel_size=11, position_init="uniform", kernel_count=26)
+    net = build_model(m, c)
+    assert net.build_info["conv"] == "dsc" and net.build_info["swapped"] == []
+    assert sum(isinstance(x, torch.nn.Conv2d) and x.groups > 1 for x in net.modules()) == 6
 
 
 def test_timm_kwargs_reach_the_timm_constructor():

@@ -22,6 +22,9 @@ def _is_depthwise(module: nn.Module, kernel_size: int) -> bool:
     )
 
 
+POSITION_INITS = ("normal", "uniform")
+
+
 def replace_depthwise(
     model: nn.Module,
     kernel_size: int = 7,
@@ -29,6 +32,7 @@ def replace_depthwise(
     kernel_count: int = 26,
     version: str = "gauss",
     share_positions: bool = True,
+    position_init: str = "normal",
 ) -> list[str]:
     """Replace every depthwise ``kernel_size`` x ``kernel_size`` ``nn.Conv2d`` by a ``Dcls2d``.
 
@@ -36,8 +40,15 @@ def replace_depthwise(
     keeps the stride and the bias setting, pads ``dilated_kernel_size // 2``, and starts from
     weights ~ N(0, 0.02) and zero bias. With ``share_positions`` all swapped layers with the same
     channel count share one ``P`` and one ``SIG`` Parameter object (so ``named_parameters()``
-    lists each once). Returns the qualified names of the swapped modules in traversal order.
+    lists each once). ``position_init`` "normal" keeps the paper's N(0, 0.5) positions (every
+    element within about a cell of the centre); "uniform" spreads them uniformly over the dilated
+    kernel, which the DCLS paper reports performs similarly. Returns the qualified names of the
+    swapped modules in traversal order.
     """
+    if position_init not in POSITION_INITS:
+        raise ValueError(
+            f"replace_depthwise: position_init={position_init!r}; expected one of {POSITION_INITS}"
+        )
     for value, name in ((kernel_size, "kernel_size"), (dilated_kernel_size, "dilated_kernel_size")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"replace_depthwise: {name} must be a positive int, got {value!r}")
@@ -71,6 +82,9 @@ def replace_depthwise(
         )
         with torch.no_grad():
             nn.init.normal_(layer.weight, 0.0, 0.02)
+            if position_init == "uniform":
+                for d, (low, high) in enumerate(layer.position_limits()):
+                    nn.init.uniform_(layer.P[d], low, high)
             if layer.bias is not None:
                 layer.bias.zero_()
         if share_positions:

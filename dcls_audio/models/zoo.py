@@ -67,6 +67,7 @@ CONV_KEYS = {
         "kernel_count",
         "version",
         "share_positions",
+        "position_init",
     ),
 }
 # The file each Table-1 row starts from (paper §3.1), named when model.init=imagenet lacks one.
@@ -89,12 +90,16 @@ def list_models() -> list[str]:
     return list(MODEL_NAMES)
 
 
-def _plain(cfg: Any, what: str, keys: Sequence[str]) -> dict[str, Any]:
-    """Config (DictConfig or mapping) -> plain dict with exactly ``keys``; else a named error."""
+def _plain(cfg: Any, what: str, keys: Sequence[str], ignored: Sequence[str] = ()) -> dict[str, Any]:
+    """Config (DictConfig or mapping) -> plain dict with exactly ``keys``; else a named error.
+
+    Keys in ``ignored`` may be present and are dropped.
+    """
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(cfg, Mapping):
         raise TypeError(f"{what} config must be a mapping, got {type(cfg).__name__}")
+    cfg = {k: v for k, v in cfg.items() if k not in ignored}
     missing = [k for k in keys if k not in cfg]
     unknown = sorted(set(cfg) - set(keys))
     if missing or unknown:
@@ -120,7 +125,8 @@ def build_model(model_cfg: Any, conv_cfg: Any) -> nn.Module:
     (none|imagenet|finetune, see :mod:`.pretrained`), in_chans, stem_kernel, timm_kwargs (extra
     keyword arguments of the timm constructor, e.g. ``ls_init_value`` of ConvNeXt).
     ``conv_cfg`` keys: name, type (dsc|dcls), kernel_size, dilated_kernel_size, kernel_count,
-    version (gauss|bilinear), share_positions (the DCLS keys only for type dcls).
+    version (gauss|bilinear), share_positions, position_init (normal|uniform) (the DCLS keys
+    only for type dcls).
     The returned model carries ``build_info`` (dict: name, conv, swapped layer names, init,
     the LoadReport of ``model.pretrained`` or None).
     """
@@ -128,7 +134,10 @@ def build_model(model_cfg: Any, conv_cfg: Any) -> nn.Module:
     conv_type = conv_cfg.get("type") if isinstance(conv_cfg, Mapping) else None
     if conv_type not in CONV_KEYS:
         raise ValueError(f"conv.type={conv_type!r}; expected one of {list(CONV_KEYS)}")
-    ccfg = _plain(conv_cfg, "conv", CONV_KEYS[conv_type])
+    # DCLS-only keys on a DSC conv are ignored, so that one experiment file (e.g. the demo) can
+    # set them and still run with conv=dsc; any other unknown key is an error.
+    ignored = set(CONV_KEYS["dcls"]) - set(CONV_KEYS["dsc"]) if conv_type == "dsc" else ()
+    ccfg = _plain(conv_cfg, "conv", CONV_KEYS[conv_type], ignored)
     name = mcfg.get("name")
     if name not in MODEL_SPECS:
         raise ValueError(
@@ -224,6 +233,7 @@ def _swap_convs(model: nn.Module, ccfg: Mapping[str, Any]) -> list[str]:
         kernel_count=_check_int(ccfg, "kernel_count", "conv", 1),
         version=ccfg["version"],
         share_positions=bool(ccfg["share_positions"]),
+        position_init=ccfg["position_init"],
     )
     if not swapped:
         raise ValueError(
