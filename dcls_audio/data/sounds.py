@@ -36,7 +36,8 @@ import numpy as np
 from scipy.signal import lfilter
 
 from .labels import write_class_index
-from .sound_sources import SOURCES, loguniform
+from .sound_dsp import loguniform
+from .sound_sources import SOURCES
 from .waveform import SAMPLE_RATE
 
 SR = SAMPLE_RATE
