@@ -64,8 +64,10 @@ def biquad(x: np.ndarray, kind: str, f: float, q: float) -> np.ndarray:
         b = np.array([(1 - c) / 2, 1 - c, (1 - c) / 2])
     elif kind == "high":
         b = np.array([(1 + c) / 2, -(1 + c), (1 + c) / 2])
-    else:
+    elif kind == "band":
         b = np.array([alpha, 0.0, -alpha])
+    else:
+        raise ValueError(f"biquad kind={kind!r}; expected 'low', 'high' or 'band'")
     return filt(b, np.array([1 + alpha, -2 * c, 1 - alpha]), x)
 
 
@@ -161,7 +163,7 @@ def fof_voice(n: int, f0: np.ndarray, formants: np.ndarray, env: np.ndarray) -> 
 
 
 def vowel_track(rng: Rng, n: int, bounds: np.ndarray, scale: float) -> np.ndarray:
-    """Formant tracks (4, n // 32 + 1) every 32 samples: a vowel per segment, glides between."""
+    """Formant tracks (4, ceil(n / 32)) every 32 samples: a vowel per segment, glides between."""
     seg = np.searchsorted(bounds, np.arange(0, n, 32), side="right") - 1
     tracks = VOWELS[rng.integers(0, len(VOWELS), len(bounds))].T * scale  # (4, segments)
     p = np.exp(-32 / (0.03 * SR))

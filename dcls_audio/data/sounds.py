@@ -10,7 +10,8 @@ pitch or centre frequency from a wide range that overlaps other classes' ranges,
 a 25 dB range, its duration (1-6 s) and onset at random, and events may overlap in time. The
 background has a random level and spectral tilt. Every clip is generated from its own generator
 seeded by (seed, split, clip index), so the files are a deterministic function of the seed,
-whatever the number of worker processes.
+whatever the number of worker processes, on one platform: numpy's vectorised float32 sin/exp
+and BLAS may differ in the last bit between CPUs or builds, which can flip an int16 rounding.
 
 What it is not: recorded audio, or AudioSet's ontology. The sounds are simple procedural
 imitations of source types, meant for demos, tests and quick experiments on a CPU; results
