@@ -33,13 +33,11 @@ lint:
 
 DEMO_DIR := outputs/demo
 
-# CPU demo: synthetic data (generated once), DCLS ConvNeXt-atto training, eval table.
+# CPU demo, a mini Table 1: the demo sound set (generated once into data/sounds), a linear probe,
+# and the same small ConvNeXt trained with DSC and with DCLS-Gauss; writes outputs/demo/summary.json.
 demo:
-	@test -f data/synthetic/train.h5 -a -f data/synthetic/eval.h5 || \
-		$(BIN)/dcls-audio-synthetic --out data/synthetic
 	rm -rf $(DEMO_DIR)
-	$(BIN)/python train.py experiment=demo hydra.run.dir=$(DEMO_DIR)
-	$(BIN)/dcls-audio-results $(DEMO_DIR)
+	$(BIN)/dcls-audio-demo --out $(DEMO_DIR) --data data/sounds
 
 bench:
 	$(BIN)/dcls-audio-bench-kernels --json docs/bench_dcls.json

@@ -190,6 +190,27 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return _save(fig, Path(path))
 
 
+def plot_compare(
+    runs: dict[str, Sequence[dict[str, Any]]],
+    path: str | Path,
+    reference: dict[str, float] | None = None,
+) -> Path:
+    """Training loss and eval mAP against step for several runs, with reference mAP lines."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, records in runs.items():
+        axes[0].plot(*_series(records, "step", "loss", "train"), lw=1, label=name)
+        axes[1].plot(*_series(records, "step", "map", "eval"), marker="o", label=name)
+    for name, value in (reference or {}).items():
+        axes[1].axhline(value, ls="--", color="gray", lw=1, label=name)
+    axes[0].set(xlabel="step", ylabel="training loss", title="loss")
+    axes[1].set(xlabel="step", ylabel="eval mAP", title="evaluation")
+    for ax in axes:
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: position, kernel and curve figures of a run's checkpoint."""
     from dcls_audio.models.checkpoint import load_model

@@ -47,9 +47,9 @@ def test_wheel_install_runs_every_command_from_another_directory(tmp_path):
           "--device", "cpu"], work, env)  # fmt: skip
     assert "| ConvNeXt-T | dcls_gauss |" in _run(["dcls-audio-model-table"], work, env)
     _run(["dcls-audio-synthetic", "--out", "syn", "--train", "4", "--eval", "3"], work, env)
-    _run(["dcls-audio-train", "experiment=demo", "data.root=syn", "data.num_workers=0",
-          "trainer.max_steps=1", "trainer.global_batch_size=2", "trainer.batch_size=2",
-          "hydra.run.dir=run"], work, env)  # fmt: skip
+    _run(["dcls-audio-train", "experiment=demo", "data=synthetic", "data.root=syn",
+          "data.num_workers=0", "trainer.max_steps=1", "trainer.global_batch_size=2",
+          "trainer.batch_size=2", "hydra.run.dir=run"], work, env)  # fmt: skip
     assert (work / "run" / "results.json").is_file()
     sf.write(work / "a.wav", np.random.default_rng(0).normal(0, 0.1, 8000), 16000)
     tags = json.loads(

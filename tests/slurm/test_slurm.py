@@ -38,10 +38,12 @@ STOPS = 3
 # a "train" record in metrics.jsonl after every optimizer step.
 TINY = (
     "experiment=demo",
+    "data=synthetic",
     f"trainer.epochs={EPOCHS}",
     "trainer.batch_size=4",
     "trainer.global_batch_size=4",
     "trainer.log_every=1",
+    "trainer.eval_every=0",  # one evaluation, after the last epoch
 )
 
 
