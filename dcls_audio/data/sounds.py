@@ -39,7 +39,7 @@ from scipy.signal import lfilter
 from .labels import write_class_index
 from .sound_dsp import loguniform
 from .sound_sources import SOURCES
-from .waveform import SAMPLE_RATE
+from .waveform import SAMPLE_RATE, float_to_int16
 
 SR = SAMPLE_RATE
 Rng = np.random.Generator
@@ -126,9 +126,7 @@ def render_block(
     tgt = np.empty((hi - lo, NUM_CLASSES), dtype=bool)
     for i in range(lo, hi):
         x, tgt[i - lo] = make_clip(np.random.default_rng([seed, split, i]), clip_samples)
-        x *= np.float32(32768)
-        np.clip(np.rint(x, out=x), -32768, 32767, out=x)
-        wav[i - lo] = x
+        wav[i - lo] = float_to_int16(x)
     return wav, tgt
 
 

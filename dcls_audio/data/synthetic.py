@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from .labels import write_class_index
-from .waveform import CLIP_SAMPLES, SAMPLE_RATE
+from .waveform import CLIP_SAMPLES, SAMPLE_RATE, float_to_int16
 
 SR = SAMPLE_RATE
 Rng = np.random.Generator
@@ -175,9 +175,7 @@ def write_split(path: str | os.PathLike, n: int, seed: int, split: int, n_empty:
             ys = np.empty((hi - lo, NUM_CLASSES), dtype=bool)
             for i in range(lo, hi):
                 x, ys[i - lo] = make_clip(np.random.default_rng([seed, split, i]), banks)
-                x *= np.float32(32768)
-                np.clip(np.rint(x, out=x), -32768, 32767, out=x)
-                block[i - lo] = x
+                block[i - lo] = float_to_int16(x)
             wav[lo:hi] = block
             tgt[lo:hi] = ys
             names[lo:hi] = [f"syn{split}_{seed}_{i:07d}".encode() for i in range(lo, hi)]
