@@ -39,6 +39,7 @@ from scipy.signal import lfilter
 from .labels import write_class_index
 from .sound_dsp import loguniform
 from .sound_sources import SOURCES
+from .synthetic import set_paths
 from .waveform import SAMPLE_RATE, float_to_int16
 
 SR = SAMPLE_RATE
@@ -227,13 +228,7 @@ def make_sounds(
             f"clip_seconds must be in [{MIN_CLIP_SECONDS:g}, 600], found {clip_seconds!r}"
         )
     clip_samples = int(round(clip_seconds * SR))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "train": out / "train.h5",
-        "eval": out / "eval.h5",
-        "labels": out / "class_labels_indices.csv",
-    }
+    paths = set_paths(out_dir)
     pool = _pool(workers) if workers > 1 and n_train + n_eval > BLOCK else None
     try:
         for split, (key, n) in enumerate((("train", n_train), ("eval", n_eval))):

@@ -183,6 +183,17 @@ def write_split(path: str | os.PathLike, n: int, seed: int, split: int, n_empty:
     tmp.replace(path)
 
 
+def set_paths(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """The files of a generated set in ``out_dir`` (created): train.h5, eval.h5, class index."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return {
+        "train": out / "train.h5",
+        "eval": out / "eval.h5",
+        "labels": out / "class_labels_indices.csv",
+    }
+
+
 def make_synthetic(
     out_dir: str | os.PathLike,
     n_train: int = 1024,
@@ -193,13 +204,7 @@ def make_synthetic(
     """Write ``train.h5``, ``eval.h5`` and ``class_labels_indices.csv`` into ``out_dir``."""
     if n_train < 0 or n_eval < 0 or n_empty < 0:
         raise ValueError(f"sizes must be >= 0, found train={n_train} eval={n_eval} empty={n_empty}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "train": out / "train.h5",
-        "eval": out / "eval.h5",
-        "labels": out / "class_labels_indices.csv",
-    }
+    paths = set_paths(out_dir)
     write_split(paths["train"], n_train, seed, 0, n_empty)
     write_split(paths["eval"], n_eval, seed, 1, n_empty)
     write_class_index(paths["labels"], CLASS_MIDS, CLASS_NAMES)
