@@ -294,7 +294,7 @@ def test_dsc_ignores_dcls_only_keys():
     c.update(dilated_kernel_size=11, position_init="uniform", kernel_count=26)
     net = build_model(m, c)
     assert net.build_info["conv"] == "dsc" and net.build_info["swapped"] == []
-    assert sum(isinstance(x, torch.nn.Conv2d) and x.groups > 1 for x in net.modules()) == 6
+    assert sum(isinstance(x, torch.nn.Conv2d) and x.groups > 1 for x in net.modules()) == 12
 
 
 def test_timm_kwargs_reach_the_timm_constructor():
