@@ -138,7 +138,7 @@ def run_demo(
         make_sounds(data_root, clip_seconds=float(cfg.data.clip_seconds))
     train_set, eval_set = demo_datasets(cfg)
     probe = linear_probe(probe_features(train_set), probe_features(eval_set), seed)
-    summary: dict[str, Any] = {"probe": {k: probe[k] for k in ("map", "mauc", "dprime")}}
+    summary: dict[str, Any] = {"probe": {k: probe[k] for k in METRICS}}
     print(f"linear probe: mAP {probe['map']:.4f}", flush=True)
     curves = {}
     for conv in convs:
