@@ -1,20 +1,47 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Another CUDA build of the pinned torch, e.g. `make install TORCH_CUDA=cu126` for V100s (sm_70):
+# The whole tested environment, every package at an exact version with its hashes (see `make lock`).
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.9
+# Another CUDA build of the locked torch, e.g. `make install TORCH_CUDA=cu126` for V100s (sm_70):
 # PyPI's torch 2.11 wheels are CUDA 13.0 builds for sm_75 and newer.
 TORCH_CUDA ?=
 TORCH_INDEX := https://download.pytorch.org/whl
 
-.PHONY: install test test-fast test-slurm lint demo bench bench-dcls-cuda gpu-check clean
+.PHONY: install lock selfcheck test test-fast test-slurm lint demo bench bench-dcls-cuda gpu-check clean
 
+# pip installs the lock with --require-hashes: every package at the tested version, nothing
+# resolved anew on the user's machine. The CUDA variant takes the lock's torch family from
+# PyTorch's index (with that build's own nvidia-* wheels) and everything else from the lock.
 install:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip setuptools wheel
-	@if [ -n "$(TORCH_CUDA)" ]; then \
-		$(BIN)/pip install 'torch==2.11.*' 'torchvision==0.26.*' 'torchaudio==2.11.*' \
-			--index-url $(TORCH_INDEX)/$(TORCH_CUDA); fi
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/python -m pip install --quiet 'pip==$(PIP_VERSION)'
+ifeq ($(TORCH_CUDA),)
+	$(BIN)/pip install --require-hashes -r $(LOCK)
+else
+	$(PY) -m dcls_audio.lockfile --without-torch $(LOCK) > $(VENV)/lock-without-torch.txt
+	$(BIN)/pip install --require-hashes --no-deps -r $(VENV)/lock-without-torch.txt
+	$(BIN)/pip install $$($(PY) -m dcls_audio.lockfile --torch-family $(LOCK)) \
+		--index-url $(TORCH_INDEX)/$(TORCH_CUDA)
+endif
+	$(BIN)/pip install --no-deps --no-build-isolation -e .
+	$(BIN)/python -m dcls_audio.selfcheck
+
+# Loads every compiled extension the project uses; non-zero naming the package if one fails.
+selfcheck:
+	$(BIN)/python -m dcls_audio.selfcheck
+
+# Regenerate the lock after changing a dependency in pyproject.toml, or to take new releases.
+# uv resolves one universal lock (CPython >= 3.11; tested on Linux x86-64 with 3.11 and 3.12)
+# with one version per package for every Python ("fewest" forks), and records the hashes of
+# every file of each pinned version; pip, present in every venv, installs it.
+lock:
+	$(PY) -m venv .lockenv
+	.lockenv/bin/pip install --quiet 'uv==$(UV_VERSION)'
+	.lockenv/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--fork-strategy fewest --generate-hashes --no-header -o $(LOCK)
 
 test:
 	$(BIN)/python -m pytest -q
@@ -50,4 +77,4 @@ gpu-check:
 	$(BIN)/dcls-audio-gpu-check --json gpu_check.json
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) .lockenv outputs multirun .pytest_cache

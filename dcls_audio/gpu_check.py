@@ -1,6 +1,7 @@
 """Check a fresh install against the GPU it runs on, before a long cluster job.
 
-    dcls-audio-gpu-check --info                 # what this torch build supports, per device
+    dcls-audio-gpu-check --info                 # the install self-check, and what this torch
+                                                # build supports, per device
     dcls-audio-gpu-check --json gpu_check.json  # every Table-1 model x {DSC, DCLS-Gauss}
 
 For each model and conv: a few bf16 training steps (loss finite and changing), an evaluation
@@ -23,6 +24,8 @@ import torch
 
 from dcls_audio.config import load_group
 from dcls_audio.results import write_json
+from dcls_audio.selfcheck import run_checks as run_extension_checks
+from dcls_audio.selfcheck import table as extension_table
 
 MODELS = ("convnext_t", "convformer_s18", "fastvit_sa24")
 CONVS = ("dsc", "dcls_gauss")
@@ -187,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the report here")
     args = p.parse_args(argv)
     if args.info:
+        checks = run_extension_checks()
+        print(extension_table(checks))
         print(json.dumps(install_info(), indent=2))
-        return 0
+        return 0 if all(c.ok for c in checks) else 1
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(json.dumps(install_info(), indent=2))
