@@ -230,6 +230,14 @@ class AudioSetHDF5(Dataset):
             wave = np.multiply(raw, INT16_SCALE)
         return torch.from_numpy(wave), torch.from_numpy(target.astype(np.float32))
 
+    def audio_names(self) -> np.ndarray:
+        """``audio_name`` (bytes) of every usable row, in dataset order."""
+        names = []
+        for i, path in enumerate(self.files):  # rows of file i are contiguous, files in order
+            with h5py.File(path, "r") as f:
+                names.append(f["audio_name"][()][self._rows[self._file_idx == i]])
+        return np.concatenate(names)
+
     def targets(self) -> np.ndarray:
         """All usable rows' targets as a bool matrix (rows, C)."""
         return np.unpackbits(self._targets, axis=1, count=self.num_classes).view(np.bool_)
