@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dcls_audio.results import RESULTS_FILE, metric_value, read_results, write_json, write_text
+from dcls_audio.runfiles import RESULTS_FILE, metric_value, read_results, write_json, write_text
 
 # Paper Table 1: (model, conv) -> label, params (M, 1000-class heads), mAP (%) mean, std,
 # single-V100 inference samples/s.

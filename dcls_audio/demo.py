@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcls_audio.results import write_json
+from dcls_audio.runfiles import write_json
 
 CONVS = ("dsc", "dcls_gauss")
 SUMMARY_FILE = "summary.json"
@@ -127,7 +127,7 @@ def run_demo(
     from dcls_audio.data.sounds import make_sounds
     from dcls_audio.models.checkpoint import load_model
     from dcls_audio.plot import plot_compare, plot_curves, plot_positions
-    from dcls_audio.results import METRICS_FILE, read_jsonl
+    from dcls_audio.runfiles import METRICS_FILE, read_jsonl
     from dcls_audio.train import run
 
     start = time.perf_counter()

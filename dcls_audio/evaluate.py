@@ -129,7 +129,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    from dcls_audio.results import write_json
+    from dcls_audio.runfiles import write_json
 
     args = _parse(argv)
     try:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from dcls_audio.config import load_group
-from dcls_audio.results import write_json
+from dcls_audio.runfiles import write_json
 from dcls_audio.selfcheck import run_checks as run_extension_checks
 from dcls_audio.selfcheck import table as extension_table
 

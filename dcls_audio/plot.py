@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dcls_audio.results import METRICS_FILE, atomic_write, read_jsonl  # noqa: E402
+from dcls_audio.runfiles import METRICS_FILE, atomic_write, read_jsonl  # noqa: E402
 
 AXIS_NAMES = ("height (mel bins)", "width (frames)")
 

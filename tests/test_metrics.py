@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from dcls_audio.results import jsonable
+from dcls_audio.runfiles import jsonable
 from dcls_audio.train.metrics import compute_metrics
 
 

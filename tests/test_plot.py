@@ -11,7 +11,7 @@ import torch
 from conftest import cfgs
 
 from dcls_audio import plot
-from dcls_audio.results import read_jsonl
+from dcls_audio.runfiles import read_jsonl
 
 MODEL_CFG, CONV_CFG = cfgs("convnext_atto", "dcls_gauss", 4, drop_path_rate=0.0)
 

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 from dcls_audio.data import AudioSetHDF5, LogMelFrontend
 from dcls_audio.dcls import DclsNd
 from dcls_audio.models import build_model
-from dcls_audio.results import INFO_KEYS as RESULT_INFO_KEYS
-from dcls_audio.results import METRIC_KEYS as RESULT_METRIC_KEYS
+from dcls_audio.runfiles import INFO_KEYS as RESULT_INFO_KEYS
+from dcls_audio.runfiles import METRIC_KEYS as RESULT_METRIC_KEYS
 from dcls_audio.train import run
 from dcls_audio.train.checkpoint import REQUIRED_KEYS
 from dcls_audio.train.distributed import accumulation_steps

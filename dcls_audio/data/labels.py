@@ -66,7 +66,7 @@ def load_class_labels(path: str | Path | None = None) -> list[str]:
 
 def write_class_index(path: str | Path, mids: list[str], names: list[str]) -> None:
     """Write a class index csv in AudioSet's format (temp name, then rename)."""
-    from dcls_audio.results import write_text
+    from dcls_audio.runfiles import write_text
 
     rows = [f'{i},{mid},"{name}"\n' for i, (mid, name) in enumerate(zip(mids, names, strict=True))]
     write_text(path, "index,mid,display_name\n" + "".join(rows))

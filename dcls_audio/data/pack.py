@@ -33,7 +33,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from dcls_audio.results import write_json
+from dcls_audio.runfiles import write_json
 
 from .labels import read_class_index
 from .waveform import CLIP_SAMPLES, SAMPLE_RATE, float_to_int16, pad_or_truncate

@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from dcls_audio.results import write_json
+from dcls_audio.runfiles import write_json
 
 from .labels import ClassIndex, read_class_index, write_class_index
 from .pack import AUDIO_SUFFIXES, _load_task, append_row

@@ -20,7 +20,7 @@ import torch
 
 from dcls_audio.config import load_group
 from dcls_audio.dcls import DclsNd, is_dcls_position
-from dcls_audio.results import write_text
+from dcls_audio.runfiles import write_text
 
 from .zoo import MODEL_NAMES, MODEL_SPECS, build_model
 

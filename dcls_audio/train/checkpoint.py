@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcls_audio.results import atomic_write
+from dcls_audio.runfiles import atomic_write
 
 LAST = "last.pt"
 BEST = "best.pt"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dcls_audio.results import METRICS_FILE, jsonable
+from dcls_audio.runfiles import METRICS_FILE, jsonable
 from dcls_audio.train.distributed import all_reduce_mean
 
 WANDB_MODES = ("disabled", "offline", "online")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dcls_audio import results as results_io
+from dcls_audio import runfiles as results_io
 from dcls_audio.train import checkpoint as ckpt
 from dcls_audio.train.distributed import (
     accumulation_steps,

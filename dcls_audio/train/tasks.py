@@ -125,7 +125,7 @@ def write_confusion(run_dir: str | Path, matrix: list[list[int]], names: list[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dcls_audio.results import atomic_write, write_text
+    from dcls_audio.runfiles import atomic_write, write_text
 
     run_dir = Path(run_dir)
     cm = np.asarray(matrix, dtype=np.int64)
