@@ -2,7 +2,9 @@
 
 The interpreter is chosen when ``triton.jit`` decorates a kernel (``TRITON_INTERPRET=1`` must be
 set before :mod:`dcls_audio.dcls.triton_dwconv` is imported), so those checks run in one
-subprocess: this file executed as a script, which prints the errors as JSON.
+subprocess, ``tests/triton_interpreter.py``, which prints the results as JSON: every case and
+every candidate block configuration against float64, and ``torch.library.opcheck`` of the
+custom operator (schema, autograd, fake-tensor rule) with a torch.compile check.
 """
 
 import json
@@ -10,12 +12,14 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from triton_interpreter import KERNEL_CASES, MIXED_CASES, TOLERANCE, errors
 
-from dcls_audio.dcls import Dcls2d, dwconv
+from dcls_audio.dcls import Dcls2d, dwconv, tuning
 from dcls_audio.dcls.dwconv import (
     choose_path,
     cuda_depthwise_applies,
@@ -23,104 +27,7 @@ from dcls_audio.dcls.dwconv import (
     run_path,
 )
 
-# name: (N, C, H, W, kh, kw, ((top, bottom), (left, right)), wgrad target programs)
-KERNEL_CASES = {
-    "odd_symmetric": (2, 3, 9, 8, 5, 5, ((2, 2), (2, 2)), None),
-    "even_same_asymmetric": (2, 2, 7, 9, 4, 6, ((1, 2), (2, 3)), None),
-    "cropped_23x23_on_8x7": (2, 2, 8, 7, 15, 13, ((7, 7), (6, 6)), None),
-    "cropped_asymmetric": (1, 2, 2, 6, 9, 9, ((2, 6), (4, 4)), None),
-    "map_smaller_than_kernel": (1, 2, 3, 4, 9, 9, ((4, 4), (4, 4)), None),
-    "padding_beyond_kernel": (2, 1, 6, 4, 5, 3, ((9, 2), (0, 4)), None),
-    "wide_blocks_multi_row_slices": (2, 1, 5, 70, 3, 35, ((1, 1), (17, 17)), 3),
-    "tall_multi_slice": (3, 1, 40, 6, 5, 3, ((2, 2), (1, 1)), 100),
-    "unbatched": (None, 3, 6, 5, 3, 3, ((1, 1), (1, 1)), None),
-    "channels_last": ("cl", 4, 6, 7, 5, 3, ((2, 2), (1, 1)), 2),
-}
-# max|d| / max|ref|; bf16: one rounding of the output (unit roundoff 2^-8) plus fp32 sums
-TOLERANCE = {"float32": 1e-5, "bfloat16": 2**-8 + 1e-5}
-
-
-def _case_tensors(case, dtype, device="cpu"):
-    n, c, h, w, kh, kw, pads, _ = case
-    gen = torch.Generator().manual_seed(h * 100 + w)
-    shape = (c, h, w) if n is None else (2 if n == "cl" else n, c, h, w)
-    x = torch.randn(shape, generator=gen).to(dtype)
-    if n == "cl":
-        x = x.contiguous(memory_format=torch.channels_last)
-    kernel = torch.randn(c, 1, kh, kw, generator=gen).to(dtype)
-    bias = torch.randn(c, generator=gen).to(dtype)
-    return x.to(device), kernel.to(device), bias.to(device), pads
-
-
-def _errors(case, dtype, param_dtype=None, device="cpu") -> dict[str, float]:
-    """Relative max errors of forward, input, weight and bias gradients vs float64 autograd.
-
-    ``param_dtype``: kernel and bias in another dtype (float32 parameters under autocast).
-    """
-    from dcls_audio.dcls import triton_dwconv
-
-    x, kernel, bias, pads = _case_tensors(case, dtype, device)
-    if param_dtype is not None:
-        kernel, bias = kernel.to(param_dtype), bias.to(param_dtype)
-    if case[-1] is not None:
-        triton_dwconv.WGRAD_TARGET_PROGRAMS = case[-1]
-    ours_in = [t.clone().requires_grad_() for t in (x, kernel, bias)]
-    ref_in = [t.double().requires_grad_() for t in (x, kernel, bias)]
-    y = dwconv.triton_depthwise_conv2d(*ours_in, pads)
-    flat = tuple(v for lr in reversed(pads) for v in lr)
-    y_ref = F.conv2d(F.pad(ref_in[0], flat), ref_in[1], ref_in[2], groups=kernel.shape[0])
-    upstream = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1))
-    upstream = upstream.to(device, dtype)
-    grads = torch.autograd.grad(y, ours_in, upstream)
-    grads_ref = torch.autograd.grad(y_ref, ref_in, upstream.double())
-    triton_dwconv.WGRAD_TARGET_PROGRAMS = 4096
-    dtypes_ok = y.dtype == grads[0].dtype == dtype and grads[1].dtype == kernel.dtype
-    out = {"dtype_ok": float(dtypes_ok and grads[2].dtype == bias.dtype)}
-    for name, a, b in zip(("y", "dx", "dw", "db"), (y, *grads), (y_ref, *grads_ref), strict=True):
-        out[name] = ((a.double() - b).abs().max() / b.abs().max()).item()
-    return out
-
-
-def _interpreted_errors() -> dict:
-    """Run every case in both dtypes under the Triton interpreter (call in a fresh process)."""
-    import numpy as np
-    import triton.language as tl
-    import triton.runtime.interpreter as interp
-
-    # triton.jit reads it when decorating, also triton's own jit helpers: set before any import
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    assert "dcls_audio.dcls.triton_dwconv" not in sys.modules
-    # triton 3.6's interpreter turns a scalar into an int with int(shape-(1,) array), an error
-    # under numpy >= 2.4 (triton-lang/triton#9171); runtime loop bounds need it.
-    patch = interp._patch_lang_tensor
-
-    def patched(tensor, scope):
-        patch(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    interp._patch_lang_tensor = patched
-    # Its dot multiplies bfloat16 operands as their raw uint16 bits; widen them exactly first.
-    dot = interp.InterpreterBuilder.create_dot
-
-    def widened(handle):
-        if handle.dtype.scalar != tl.bfloat16:
-            return handle
-        data = interp._convert_float(handle.data, tl.bfloat16, tl.float32, None)
-        return interp.TensorHandle(data.view(np.float32), tl.float32)
-
-    def create_dot(self, a, b, d, *args):
-        return dot(self, widened(a), widened(b), d, *args)
-
-    interp.InterpreterBuilder.create_dot = create_dot
-    torch.backends.cudnn.allow_tf32 = False
-    result = {
-        f"{name}-{dtype}": _errors(case, getattr(torch, dtype))
-        for name, case in KERNEL_CASES.items()
-        for dtype in TOLERANCE
-    }
-    for name in MIXED_CASES:
-        result[f"{name}-mixed"] = _errors(KERNEL_CASES[name], torch.bfloat16, torch.float32)
-    return result
+HELPER = Path(__file__).with_name("triton_interpreter.py")
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +35,7 @@ def interpreted():
     pytest.importorskip("triton")
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, __file__], capture_output=True, text=True, timeout=600,
+        [sys.executable, str(HELPER)], capture_output=True, text=True, timeout=600,
         env={**os.environ, "TRITON_INTERPRET": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -140,10 +47,35 @@ def interpreted():
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
 @pytest.mark.parametrize("name", list(KERNEL_CASES))
 def test_triton_kernels_match_float64_reference(interpreted, name, dtype):
-    errors = interpreted[f"{name}-{dtype}"]
-    assert errors.pop("dtype_ok") == 1.0
+    errs = interpreted[f"{name}-{dtype}"]
+    assert errs.pop("dtype_ok") == 1.0
     tol = TOLERANCE[dtype]
-    assert all(err <= tol for err in errors.values()), errors
+    assert all(err <= tol for err in errs.values()), errs
+
+
+def test_every_candidate_configuration_is_exact(interpreted):
+    """Each block size, Toeplitz variant and warp/stage setting the tuner may pick is exact."""
+    runs = {k: v for k, v in interpreted.items() if k.startswith("config")}
+    count = max(len(tuning.FWD_CANDIDATES), len(tuning.WGRAD_CANDIDATES))
+    assert len(runs) == 2 * count
+    for key, errs in runs.items():
+        assert errs.pop("dtype_ok") == 1.0, key
+        tol = TOLERANCE[key.rsplit("-", 1)[1]]
+        assert all(err <= tol for err in errs.values()), (key, errs)
+
+
+def test_custom_op_passes_opcheck(interpreted):
+    """Schema, autograd registration, fake-tensor rule and AOT dispatch (dynamic shapes)."""
+    ops = interpreted["ops"]
+    for sample in ("opcheck0", "opcheck1"):
+        assert ops[sample] and all(v == "SUCCESS" for v in ops[sample].values()), ops[sample]
+
+
+def test_compiled_layer_keeps_the_triton_operator(interpreted):
+    """torch.compile(fullgraph=True) of a Dcls2d on the CUDA dispatch: one graph, with the op."""
+    ops = interpreted["ops"]
+    assert ops["compile_graphs_with_op"] == [True]
+    assert ops["compile_max_rel_err"] <= 1e-6
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -155,9 +87,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_cuda_triton_kernels_match_float64_reference(name, dtype, monkeypatch):
     """The compiled kernels on the GPU, same cases and bounds as the interpreted ones."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    errors = _errors(KERNEL_CASES[name], getattr(torch, dtype), device="cuda")
-    assert errors.pop("dtype_ok") == 1.0
-    assert all(err <= TOLERANCE[dtype] for err in errors.values()), errors
+    errs = errors(KERNEL_CASES[name], getattr(torch, dtype), device="cuda")
+    assert errs.pop("dtype_ok") == 1.0
+    assert all(err <= TOLERANCE[dtype] for err in errs.values()), errs
 
 
 @needs_cuda
@@ -178,53 +110,66 @@ def test_cuda_layer_paths_match_cudnn(impl, fresh_choices, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
 
-MIXED_CASES = ["odd_symmetric", "cropped_23x23_on_8x7", "tall_multi_slice"]
-
-
 @pytest.mark.parametrize("name", MIXED_CASES)
 def test_bf16_input_with_float32_kernel_returns_float32_parameter_grads(interpreted, name):
-    errors = interpreted[f"{name}-mixed"]
-    assert errors.pop("dtype_ok") == 1.0
-    assert all(err <= TOLERANCE["bfloat16"] for err in errors.values()), errors
+    errs = interpreted[f"{name}-mixed"]
+    assert errs.pop("dtype_ok") == 1.0
+    assert all(err <= TOLERANCE["bfloat16"] for err in errs.values()), errs
     # the kernel gradient is not rounded to bf16: float32 accumulation only
-    assert errors["dw"] < 1e-5 and errors["db"] < 1e-5, errors
+    assert errs["dw"] < 1e-5 and errs["db"] < 1e-5, errs
 
 
-FWD_INTS = ("H", "W", "OH", "OW", "C", "KH", "KW", "TOP", "LEFT")
-WGRAD_INTS = ("H", "W", "OH", "OW", "C", "TOP", "LEFT", "ROWS", "ROWS_PER")
-
-
-@pytest.mark.parametrize("arch", [80, 90])
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_triton_kernels_compile_for_gpus_without_one(arch, dtype, tmp_path, monkeypatch):
-    """Both kernels compile to a cubin (Triton's bundled ptxas) with the host's block sizes."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("interpreted kernels are not compiled")
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    triton = pytest.importorskip("triton")
+def _compile(kind: str, dtype: str, cfg: dict, arch: int, kw: int = 23):
+    """Compile one kernel for a GPU architecture without a GPU (Triton's bundled ptxas)."""
+    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from dcls_audio.dcls import triton_dwconv as tk
 
     prec = "tf32x3" if dtype == "fp32" else None
-    bwi = tk._window(23)
-    fwd = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": "*fp32", "y_ptr": f"*{dtype}"}
-    fwd |= dict.fromkeys(FWD_INTS, "i32")
-    fwd_consts = {"HAS_BIAS": True, "BF16_BITS": False, "PREC": prec, "BH": 64, "BW": tk.BW}
-    fwd_consts["BWI"] = bwi
-    wgrad = {"x_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "part_ptr": "*fp32"}
-    wgrad |= dict.fromkeys(WGRAD_INTS, "i32")
-    wgrad_consts = {"PREC": prec, "BR": tk.BR, "BW": tk.BW, "BWI": bwi}
-    target = GPUTarget("cuda", arch, 32)
-    for fn, sig, consts in (
-        (tk._fwd_kernel, fwd, fwd_consts),
-        (tk._wgrad_kernel, wgrad, wgrad_consts),
-    ):
-        sig |= dict.fromkeys(consts, "constexpr")
-        src = ASTSource(fn=fn, signature=sig, constexprs=consts)
-        compiled = triton.compile(src, target=target, options={"num_warps": 4})
-        assert compiled.asm["cubin"]
+    bwi = tk.window(cfg["BW"], kw)
+    if kind == "fwd":
+        fn, runtime = tk._fwd_kernel, tk._FWD_RUNTIME
+        sig = {"x_ptr": f"*{dtype}", "t_ptr": f"*{dtype}", "b_ptr": "*fp32", "y_ptr": f"*{dtype}"}
+        consts = {"BF16_BITS": False, "PREC": prec, "TOEP": bool(cfg["TOEP"]), "BM": cfg["BM"]}
+    else:
+        fn, runtime = tk._wgrad_kernel, tk._WGRAD_RUNTIME
+        sig = {"x_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "part_ptr": "*fp32"}
+        consts = {"PREC": prec, "BR": cfg["BR"]}
+    consts |= {"BW": cfg["BW"], "BWI": bwi}
+    pointers = len(sig)
+    sig |= dict.fromkeys(runtime, "i32") | dict.fromkeys(consts, "constexpr")
+    attrs = {(k,): [["tt.divisibility", 16]] for k in range(pointers)}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+COMPILE_CASES = [
+    *(("fwd", "bf16", 90, k) for k in range(len(tuning.FWD_CANDIDATES))),
+    *(("wgrad", "bf16", 90, k) for k in range(len(tuning.WGRAD_CANDIDATES))),
+    *((kind, dtype, arch, 0) for kind in ("fwd", "wgrad") for dtype in ("bf16", "fp32")
+      for arch in (80, 90) if (dtype, arch) != ("bf16", 90)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind,dtype,arch,index", COMPILE_CASES)
+def test_triton_kernels_compile_for_gpus_without_one(
+    kind, dtype, arch, index, tmp_path, monkeypatch
+):
+    """Every candidate configuration compiles for sm_90 (bf16), the defaults for sm_80 and fp32;
+    on sm_90 the products are Hopper's wgmma, and nothing spills to local memory."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("interpreted kernels are not compiled")
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    cfg = (tuning.FWD_CANDIDATES if kind == "fwd" else tuning.WGRAD_CANDIDATES)[index]
+    compiled = _compile(kind, dtype, cfg, arch)
+    assert compiled.asm["cubin"]
+    ptx = compiled.asm["ptx"]
+    assert ("wgmma" in ptx) == (arch == 90)
+    assert ".local" not in ptx
 
 
 def test_interpreter_run_is_short(interpreted):
@@ -330,7 +275,3 @@ def test_layer_routes_cuda_depthwise_through_the_dispatcher(fresh_choices, monke
     layer.conv_impl = "direct"
     layer(x)
     assert len(seen) == 3
-
-
-if __name__ == "__main__":
-    print(json.dumps(_interpreted_errors()))

@@ -5,14 +5,16 @@ GPU's arithmetic rate (an order of magnitude slower than the 7 x 7 layer it repl
 exact paths compute the same result: ``"cudnn"`` (``F.conv2d`` on NCHW), ``"fft"`` (float32,
 :func:`fft_depthwise_conv2d`) and ``"triton"`` (:mod:`dcls_audio.dcls.triton_dwconv`). For each
 layer shape (N, C, H, W, kernel, paddings, dtype, training or inference, device) the fastest is
-timed once on first use and cached in :data:`CHOICES`; with ``DCLS_CONV_AUTOTUNE=0`` or while
-capturing a CUDA graph :func:`heuristic_path` decides instead (cuDNN under torch.compile).
-Nothing here runs on the CPU, and Triton is imported only when the Triton path runs.
+timed once on first use and cached in :data:`CHOICES`; with ``DCLS_CONV_AUTOTUNE=0``, while
+capturing a CUDA graph or while torch.compile traces a shape not timed before,
+:func:`heuristic_path` decides instead. Under torch.compile the Triton path is the custom operator
+``dcls_audio::triton_depthwise_conv2d`` (with its autograd and fake-tensor rules), so compiled
+models keep it. Nothing here runs on the CPU (but Triton's interpreter in the tests), and Triton
+is imported only when the Triton path runs.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import warnings
@@ -33,6 +35,7 @@ __all__ = [
     "heuristic_path",
     "run_path",
     "triton_depthwise_conv2d",
+    "triton_depthwise_op",
 ]
 
 PATHS = ("cudnn", "fft", "triton")
@@ -41,10 +44,12 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 Pads = Sequence[Sequence[int]]
 
 
-@functools.cache
+_HAS_TRITON = importlib.util.find_spec("triton") is not None  # without importing it
+
+
 def triton_available() -> bool:
-    """True when Triton can be imported (checked once, without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    """True when Triton can be imported (checked once, at import)."""
+    return _HAS_TRITON
 
 
 def autotune_enabled() -> bool:
@@ -93,11 +98,11 @@ def choose_path(
     key = _key(x, kernel, pads, training)
     if key in CHOICES:
         return CHOICES[key]
-    if torch.compiler.is_compiling():
-        return "cudnn"  # what the compiler traces best; the other paths are eager code
-    capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
     kh, kw = kernel.shape[-2:]
     default = heuristic_path(x.shape[-2], kh, kw, training, triton_available())
+    if torch.compiler.is_compiling():
+        return default  # no timing while tracing; an eager warm-up call times and caches
+    capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
     if capturing or not autotune_enabled():
         return default  # not cached: a later eager call may still measure
     times = (measure or measure_paths)(x, kernel, pads, training)
@@ -176,47 +181,138 @@ def depthwise_conv2d(
         return run_path(path, x, kernel, bias, pads)
 
 
+def _out_hw(x: Tensor, kernel: Tensor, pads: Sequence[int]) -> tuple[int, int]:
+    top, bottom, left, right = pads
+    h, w = x.shape[-2:]
+    kh, kw = kernel.shape[-2:]
+    return h + top + bottom - kh + 1, w + left + right - kw + 1
+
+
+def _triton_forward(x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Sequence[int]):
+    """Output, the aligned input buffer and the kernel in the input's dtype."""
+    from . import triton_dwconv as tk
+
+    top, _, left, _ = pads
+    weight = kernel.to(x.dtype).contiguous()
+    aligned = tk.align(x, left)
+    y = tk.dw_forward(x, weight, bias, top, left, _out_hw(x, kernel, pads), aligned)
+    return y, aligned, weight
+
+
+def _triton_backward(
+    grad: Tensor, aligned: tuple, weight: Tensor, pads: Sequence[int], kernel_dtype: torch.dtype,
+    needs_input: bool, needs_kernel: bool,
+) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
+    """Input and kernel gradients (None where not needed) from the saved aligned input."""
+    from . import triton_dwconv as tk
+
+    top, _, left, _ = pads
+    kh, kw = weight.shape[-2:]
+    ga = tk.align(grad, kw - 1 - left)
+    gx = gk = None
+    if needs_input:
+        in_hw = (aligned[0].shape[-2], _in_width(grad, weight, pads))
+        gx = tk.dw_input_grad(grad, weight, top, left, in_hw, ga)
+    if needs_kernel:
+        gk = tk.dw_weight_grad(None, grad, (kh, kw), top, left, aligned, ga).to(kernel_dtype)
+    return gx, gk
+
+
+def _in_width(grad: Tensor, weight: Tensor, pads: Sequence[int]) -> int:
+    _, _, left, right = pads
+    return grad.shape[-1] - left - right + weight.shape[-1] - 1
+
+
+def _bias_grad(grad: Tensor, bias_dtype: torch.dtype) -> Tensor:
+    return grad.sum((0, 2, 3), dtype=torch.float32).to(bias_dtype)
+
+
 class _TritonDepthwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, kernel: Tensor, bias: Tensor | None, pads: tuple) -> Tensor:
-        from . import triton_dwconv as tk
-
-        (top, bottom), (left, right) = pads
-        h, w = x.shape[-2:]
-        kh, kw = kernel.shape[-2:]
-        out_hw = (h + top + bottom - kh + 1, w + left + right - kw + 1)
-        weight = kernel.to(x.dtype).contiguous()
-        ctx.save_for_backward(x, weight)
-        ctx.kernel_dtype, ctx.pads = kernel.dtype, (top, left)
+        y, aligned, weight = _triton_forward(x, kernel, bias, pads)
+        ctx.save_for_backward(aligned[0], weight)
+        ctx.aligned = aligned[1:]
+        ctx.kernel_dtype, ctx.pads = kernel.dtype, pads
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return tk.dw_forward(x, weight, bias, top, left, out_hw)
+        return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        from . import triton_dwconv as tk
-
-        x, weight = ctx.saved_tensors
-        top, left = ctx.pads
-        grad = grad.contiguous()
-        gx = gk = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = tk.dw_input_grad(grad, weight, top, left, tuple(x.shape[-2:]))
-        if ctx.needs_input_grad[1]:
-            gk = tk.dw_weight_grad(x, grad, tuple(weight.shape[-2:]), top, left)
-            gk = gk.to(ctx.kernel_dtype)
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            gb = grad.sum((0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype)
+        xa, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        gx, gk = _triton_backward(
+            grad, (xa, *ctx.aligned), weight, ctx.pads, ctx.kernel_dtype, needs[0], needs[1]
+        )
+        gb = _bias_grad(grad, ctx.bias_dtype) if ctx.bias_dtype and needs[2] else None
         return gx, gk, gb, None
+
+
+@torch.library.custom_op("dcls_audio::triton_depthwise_conv2d", mutates_args=())
+def triton_depthwise_op(
+    x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Sequence[int]
+) -> Tensor:
+    """The Triton path as an operator torch.compile keeps: NCHW (N, C, H, W), pads (t, b, l, r)."""
+    return _triton_forward(x, kernel, bias, pads)[0]
+
+
+@triton_depthwise_op.register_fake
+def _(x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Sequence[int]) -> Tensor:
+    return x.new_empty((*x.shape[:2], *_out_hw(x, kernel, pads)))
+
+
+@torch.library.custom_op("dcls_audio::triton_depthwise_conv2d_backward", mutates_args=())
+def triton_depthwise_backward_op(
+    grad: Tensor, x: Tensor, kernel: Tensor, pads: Sequence[int], needs_input: bool,
+    needs_kernel: bool,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Input and kernel gradients of :func:`triton_depthwise_op` (empty where not needed)."""
+    from . import triton_dwconv as tk
+
+    weight = kernel.to(x.dtype).contiguous()
+    aligned = tk.align(x, pads[2])
+    gx, gk = _triton_backward(
+        grad.contiguous(), aligned, weight, pads, kernel.dtype, needs_input, needs_kernel
+    )
+    return (x.new_empty(0) if gx is None else gx), (kernel.new_empty(0) if gk is None else gk)
+
+
+@triton_depthwise_backward_op.register_fake
+def _(grad, x, kernel, pads, needs_input, needs_kernel):
+    gx = x.new_empty(x.shape if needs_input else (0,))
+    return gx, kernel.new_empty(kernel.shape if needs_kernel else (0,))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, kernel, bias, pads = inputs
+    ctx.save_for_backward(x, kernel)
+    ctx.pads = tuple(pads)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _op_backward(ctx, grad: Tensor):
+    x, kernel = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    gx, gk = triton_depthwise_backward_op(grad, x, kernel, ctx.pads, needs[0], needs[1])
+    gb = _bias_grad(grad, ctx.bias_dtype) if ctx.bias_dtype and needs[2] else None
+    return (gx if needs[0] else None), (gk if needs[1] else None), gb, None
+
+
+triton_depthwise_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def triton_depthwise_conv2d(x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Pads) -> Tensor:
     """The Triton path: ((N,) C, H, W) input in any layout, (C, 1, kh, kw) kernel, any float.
 
     Computes in ``x``'s dtype (float32 accumulation); the kernel and bias gradients come back in
-    their own dtypes, computed in float32.
+    their own dtypes, computed in float32. Under torch.compile it is the operator
+    :func:`triton_depthwise_op`, which the compiler keeps in its graphs.
     """
     unbatched = x.dim() == 3
-    x4 = (x.unsqueeze(0) if unbatched else x).contiguous()
-    flat = tuple(tuple(int(v) for v in lr) for lr in pads)
-    y = _TritonDepthwise.apply(x4, kernel.contiguous(), bias, flat)
+    x4 = x.unsqueeze(0) if unbatched else x
+    flat = tuple(int(v) for lr in pads for v in lr)
+    if torch.compiler.is_compiling():
+        y = triton_depthwise_op(x4, kernel, bias, list(flat))
+    else:
+        y = _TritonDepthwise.apply(x4, kernel.contiguous(), bias, flat)
     return y.squeeze(0) if unbatched else y

@@ -1,0 +1,195 @@
+"""The Triton depthwise kernels and their custom operator, run by Triton's CPU interpreter.
+
+``python tests/triton_interpreter.py`` (with ``TRITON_INTERPRET=1``, which ``triton.jit`` reads
+when it decorates a kernel, so it must be set before the kernels are imported) prints one JSON
+line: the errors of every case against float64, the same for every candidate block
+configuration, the ``torch.library.opcheck`` results of the operator and a torch.compile check.
+The helpers (cases, errors) also serve the CUDA tests in ``test_dcls_kernels.py``.
+"""
+
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+# name: (N, C, H, W, kh, kw, ((top, bottom), (left, right)), wgrad target programs)
+KERNEL_CASES = {
+    "odd_symmetric": (2, 3, 9, 8, 5, 5, ((2, 2), (2, 2)), None),
+    "even_same_asymmetric": (2, 2, 7, 9, 4, 6, ((1, 2), (2, 3)), None),
+    "cropped_23x23_on_8x7": (2, 2, 8, 7, 15, 13, ((7, 7), (6, 6)), None),
+    "cropped_asymmetric": (1, 2, 2, 6, 9, 9, ((2, 6), (4, 4)), None),
+    "map_smaller_than_kernel": (1, 2, 3, 4, 9, 9, ((4, 4), (4, 4)), None),
+    "padding_beyond_kernel": (2, 1, 6, 4, 5, 3, ((9, 2), (0, 4)), None),
+    "wide_blocks_multi_row_slices": (2, 1, 5, 70, 3, 35, ((1, 1), (17, 17)), 3),
+    "tall_multi_slice": (3, 1, 40, 6, 5, 3, ((2, 2), (1, 1)), 100),
+    "unbatched": (None, 3, 6, 5, 3, 3, ((1, 1), (1, 1)), None),
+    "channels_last": ("cl", 4, 6, 7, 5, 3, ((2, 2), (1, 1)), 2),
+}
+# max|d| / max|ref|; bf16: one rounding of the output (unit roundoff 2^-8) plus fp32 sums
+TOLERANCE = {"float32": 1e-5, "bfloat16": 2**-8 + 1e-5}
+MIXED_CASES = ["odd_symmetric", "cropped_23x23_on_8x7", "tall_multi_slice"]
+# every candidate block configuration runs these (one per dtype)
+CONFIG_CASES = {"wide_blocks_multi_row_slices": "float32", "cropped_asymmetric": "bfloat16"}
+
+
+def case_tensors(case, dtype, device="cpu"):
+    """Input, kernel, bias and paddings of one case."""
+    n, c, h, w, kh, kw, pads, _ = case
+    gen = torch.Generator().manual_seed(h * 100 + w)
+    shape = (c, h, w) if n is None else (2 if n == "cl" else n, c, h, w)
+    x = torch.randn(shape, generator=gen).to(dtype)
+    if n == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    kernel = torch.randn(c, 1, kh, kw, generator=gen).to(dtype)
+    bias = torch.randn(c, generator=gen).to(dtype)
+    return x.to(device), kernel.to(device), bias.to(device), pads
+
+
+def errors(case, dtype, param_dtype=None, device="cpu", fwd=None, wgrad=None) -> dict:
+    """Relative max errors of forward, input, weight and bias gradients vs float64 autograd.
+
+    ``param_dtype``: kernel and bias in another dtype (float32 parameters under autocast);
+    ``fwd`` / ``wgrad``: block configurations to use instead of the defaults.
+    """
+    from dcls_audio.dcls import dwconv, tuning
+
+    x, kernel, bias, pads = case_tensors(case, dtype, device)
+    if param_dtype is not None:
+        kernel, bias = kernel.to(param_dtype), bias.to(param_dtype)
+    defaults = tuning.FWD_DEFAULT, tuning.WGRAD_DEFAULT
+    tuning.FWD_DEFAULT = fwd or defaults[0]
+    tuning.WGRAD_DEFAULT = dict(wgrad or defaults[1])
+    if case[-1] is not None:
+        tuning.WGRAD_DEFAULT["programs"] = case[-1]
+    try:
+        ours_in = [t.clone().requires_grad_() for t in (x, kernel, bias)]
+        ref_in = [t.double().requires_grad_() for t in (x, kernel, bias)]
+        y = dwconv.triton_depthwise_conv2d(*ours_in, pads)
+        flat = tuple(v for lr in reversed(pads) for v in lr)
+        y_ref = F.conv2d(F.pad(ref_in[0], flat), ref_in[1], ref_in[2], groups=kernel.shape[0])
+        upstream = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1))
+        upstream = upstream.to(device, dtype)
+        grads = torch.autograd.grad(y, ours_in, upstream)
+        grads_ref = torch.autograd.grad(y_ref, ref_in, upstream.double())
+    finally:
+        tuning.FWD_DEFAULT, tuning.WGRAD_DEFAULT = defaults
+    dtypes_ok = y.dtype == grads[0].dtype == dtype and grads[1].dtype == kernel.dtype
+    out = {"dtype_ok": float(dtypes_ok and grads[2].dtype == bias.dtype)}
+    for name, a, b in zip(("y", "dx", "dw", "db"), (y, *grads), (y_ref, *grads_ref), strict=True):
+        out[name] = ((a.double() - b).abs().max() / b.abs().max()).item()
+    return out
+
+
+def patch_interpreter() -> None:
+    """Work around two triton 3.6 interpreter bugs (see the comments)."""
+    import numpy as np
+    import triton.language as tl
+    import triton.runtime.interpreter as interp
+
+    # triton.jit reads it when decorating, also triton's own jit helpers: set before any import
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    assert "dcls_audio.dcls.triton_dwconv" not in sys.modules
+    # triton 3.6's interpreter turns a scalar into an int with int(shape-(1,) array), an error
+    # under numpy >= 2.4 (triton-lang/triton#9171); runtime loop bounds need it.
+    patch = interp._patch_lang_tensor
+
+    def patched(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interp._patch_lang_tensor = patched
+    # Its dot multiplies bfloat16 operands as their raw uint16 bits; widen them exactly first.
+    dot = interp.InterpreterBuilder.create_dot
+
+    def widened(handle):
+        if handle.dtype.scalar != tl.bfloat16:
+            return handle
+        data = interp._convert_float(handle.data, tl.bfloat16, tl.float32, None)
+        return interp.TensorHandle(data.view(np.float32), tl.float32)
+
+    def create_dot(self, a, b, d, *args):
+        return dot(self, widened(a), widened(b), d, *args)
+
+    interp.InterpreterBuilder.create_dot = create_dot
+
+
+def config_errors() -> dict:
+    """Every candidate forward and weight-gradient configuration on :data:`CONFIG_CASES`."""
+    from dcls_audio.dcls import tuning
+
+    fwds, wgrads = tuning.FWD_CANDIDATES, tuning.WGRAD_CANDIDATES
+    result = {}
+    for k in range(max(len(fwds), len(wgrads))):
+        fwd, wgrad = fwds[k % len(fwds)], wgrads[k % len(wgrads)]
+        for name, dtype in CONFIG_CASES.items():
+            case = KERNEL_CASES[name][:-1] + (None,)
+            result[f"config{k}-{name}-{dtype}"] = errors(
+                case, getattr(torch, dtype), None, "cpu", fwd, wgrad
+            )
+    return result
+
+
+def op_checks() -> dict:
+    """``torch.library.opcheck`` of the operator, and torch.compile of a layer that uses it."""
+    from dcls_audio.dcls import Dcls2d, dwconv, layers
+
+    gen = torch.Generator().manual_seed(0)
+    samples = [
+        (torch.randn(2, 3, 9, 8, generator=gen), torch.randn(3, 1, 5, 5, generator=gen),
+         torch.randn(3, generator=gen), [2, 2, 2, 2]),
+        (torch.randn(1, 2, 6, 7, generator=gen).to(memory_format=torch.channels_last),
+         torch.randn(2, 1, 4, 6, generator=gen), None, [1, 2, 2, 3]),
+    ]  # fmt: skip
+    os.environ["DCLS_CONV_AUTOTUNE"] = "0"  # no CUDA timing: the heuristic picks Triton
+    result = {}
+    for k, (x, kernel, bias, pads) in enumerate(samples):
+        args = [x.requires_grad_(), kernel.requires_grad_(), bias, pads]
+        if bias is not None:
+            bias.requires_grad_()
+        checks = torch.library.opcheck(dwconv.triton_depthwise_op, args, raise_exception=False)
+        result[f"opcheck{k}"] = {name: str(v) for name, v in checks.items()}
+    # the layer under torch.compile (one graph, the operator in it) equals the eager layer
+    layers.cuda_depthwise_applies = lambda *a: True  # the CUDA dispatch, on the CPU
+    layer = Dcls2d(4, 4, 6, 11, padding=5, groups=4)
+    x = torch.randn(2, 4, 12, 10, generator=gen, requires_grad=True)
+    graphs = []
+
+    def backend(gm, example_inputs):  # records whether the graph calls the operator
+        graphs.append(any("triton_depthwise_conv2d" in str(n.target) for n in gm.graph.nodes))
+        return gm.forward
+
+    outs = {}
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)
+    for mode, fn in (("eager", layer), ("compiled", compiled)):
+        dwconv.CHOICES.clear()
+        y = fn(x)
+        grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
+        outs[mode] = (y, *grads)
+    result["compile_max_rel_err"] = max(
+        ((a - b).abs().max() / b.abs().max()).item()
+        for a, b in zip(outs["compiled"], outs["eager"], strict=True)
+    )
+    result["compile_graphs_with_op"] = graphs
+    return result
+
+
+def main() -> dict:
+    """Everything, as one dict."""
+    patch_interpreter()
+    torch.backends.cudnn.allow_tf32 = False
+    result = {
+        f"{name}-{dtype}": errors(case, getattr(torch, dtype))
+        for name, case in KERNEL_CASES.items()
+        for dtype in TOLERANCE
+    }
+    for name in MIXED_CASES:
+        result[f"{name}-mixed"] = errors(KERNEL_CASES[name], torch.bfloat16, torch.float32)
+    result |= config_errors()
+    result["ops"] = op_checks()
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
