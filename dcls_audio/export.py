@@ -2,23 +2,28 @@
 
 Usage::
 
-    dcls-audio-export CKPT --onnx model.onnx [--torchscript model.pt] [--waveform]
+    dcls-audio-export CKPT --onnx model.onnx [--torchscript model.pt] [--waveform] [--frames]
 
 In eval mode a DCLS kernel is a constant dense kernel: every DCLS layer becomes an ``nn.Conv2d``
 holding its constructed kernel, cropped exactly as the eval path crops it for the feature-map
-size of a 10 s clip (taps that can only meet zero padding are dropped, so a 23x23 kernel on an
+size of one clip (taps that can only meet zero padding are dropped, so a 23x23 kernel on an
 8x7 map becomes at most 15x13), and FastViT is re-parameterised for inference
-(:func:`dcls_audio.models.reparameterize`). The exported graph has a fixed clip length (1001
-frames, 10 s at 32 kHz) and a dynamic batch size; it needs neither this package nor DCLS code.
+(:func:`dcls_audio.models.reparameterize`). The exported graph has a fixed clip length, the
+checkpoint's ``data.clip_seconds`` as tagging and evaluation read it (10 s, 1001 frames, for
+AudioSet runs and for files without it), and a dynamic batch size; it needs neither this package
+nor DCLS code.
 
-``--waveform`` includes the log-mel frontend, so the model maps (N, 320000) waveforms at 32 kHz
+``--waveform`` includes the log-mel frontend, so the model maps (N, samples) waveforms at 32 kHz
 to logits. ``torch.stft`` does not export to ONNX here (complex tensors), so the exported
 frontend computes the STFT as a strided convolution with a Hann-windowed DFT basis (the same
-numbers up to float rounding). Without it the model maps (N, 1, 128, 1001) log-mel to logits.
+numbers up to float rounding). Without it the model maps (N, 1, 128, frames) log-mel to logits.
+``--frames`` exports the frame-level model of ``dcls-audio-tag --timeline``
+(:func:`dcls_audio.timeline.frame_logits`): logits (N, T, classes), one row per column of the
+last feature map (1.28 s each), instead of (N, classes); windowing and averaging stay outside.
 
 Both files are checked against the PyTorch model (DCLS layers, torch.stft frontend) on the
-log-mel of a test signal (or ``--audio FILE``): the largest error relative to the largest
-logit must be <= 1e-4. onnxruntime and PyTorch CPU times are measured side by side.
+log-mel of a test signal (or the first clip of ``--audio FILE``): the largest error relative to
+the largest logit must be <= 1e-4. onnxruntime and PyTorch CPU times are measured side by side.
 """
 
 from __future__ import annotations
@@ -44,6 +49,13 @@ from dcls_audio.models.foreign import FORMATS
 CLIP_SAMPLES = 320000
 INPUT_SHAPE = (1, 128, 1001)
 TOLERANCE = 1e-4
+HOP = 320  # log-mel hop in samples
+
+
+def clip_samples(config: dict[str, Any]) -> int:
+    """Samples of one clip at 32 kHz: the run's ``data.clip_seconds`` (10 s when absent)."""
+    seconds = float((config.get("data") or {}).get("clip_seconds", CLIP_SAMPLES / 32000))
+    return round(seconds * 32000)
 
 
 class ExportLogMel(nn.Module):
@@ -71,8 +83,22 @@ class ExportLogMel(nn.Module):
         return ((db - self.mean) / self.std).unsqueeze(1)
 
 
+class FrameModel(nn.Module):
+    """The frame-level model: log-mel -> logits (N, T, classes) of each feature-map column."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-column logits, as :func:`dcls_audio.timeline.frame_logits` computes them."""
+        from dcls_audio.timeline import frame_logits
+
+        return frame_logits(self.model, x)
+
+
 class WaveformModel(nn.Module):
-    """Frontend then model: (N, 320000) waveforms -> logits."""
+    """Frontend then model: (N, samples) waveforms -> logits."""
 
     def __init__(self, frontend: nn.Module, model: nn.Module) -> None:
         super().__init__()
@@ -142,7 +168,7 @@ def deploy_model(model: nn.Module, input_shape: Sequence[int] = INPUT_SHAPE) -> 
 
 
 def test_signal(seconds: float = 10.0, rate: int = 32000) -> torch.Tensor:
-    """A deterministic 10 s test clip: a chirp, a harmonic tone, clicks and quiet noise."""
+    """A deterministic test clip (10 s by default): chirp, harmonic tone, clicks, quiet noise."""
     t = torch.arange(int(seconds * rate), dtype=torch.float64) / rate
     chirp = 0.3 * torch.sin(2 * math.pi * (200 * t + 400 * t**2))
     tone = sum(0.1 / h * torch.sin(2 * math.pi * 440 * h * t) for h in range(1, 6))
@@ -188,6 +214,7 @@ def export(
     torchscript_path: str | None = None,
     *,
     waveform: bool = False,
+    frames: bool = False,
     model: str | None = None,
     conv: str | None = None,
     fmt: str = "auto",
@@ -205,18 +232,21 @@ def export(
         raise ValueError("nothing to export: give --onnx PATH and/or --torchscript PATH")
     loaded = load_model(checkpoint, prefer_ema=prefer_ema, model=model, conv=conv, fmt=fmt)
     frontend = LogMelFrontend().eval()
+    samples = clip_samples(loaded.config)
     if audio:
         from dcls_audio.tag import read_audio, split_windows
 
-        wave = split_windows(read_audio(audio)[0])[:1]
+        wave = split_windows(read_audio(audio)[0], samples)[:1]
     else:
-        wave = test_signal().unsqueeze(0)
+        wave = test_signal(samples / 32000).unsqueeze(0)
     wave = wave.repeat(batch_size, 1)
     wave[1:] *= torch.linspace(1.0, 0.25, batch_size)[1:, None]  # distinct clips
     with torch.no_grad():
         logmel = frontend(wave)
-        reference = loaded.model(logmel)
-    net = deploy_model(loaded.model)
+        reference = FrameModel(loaded.model)(logmel) if frames else loaded.model(logmel)
+    net = deploy_model(loaded.model, (1, logmel.shape[2], samples // HOP + 1))
+    if frames:
+        net = FrameModel(net).eval()
     if waveform:
         net = WaveformModel(ExportLogMel(frontend), net).eval()
     example = wave if waveform else logmel
@@ -229,8 +259,12 @@ def export(
         "model": loaded.config["model"]["name"],
         "conv": loaded.config["conv"]["name"],
         "input": f"{name} {tuple(example.shape[1:])}, dynamic batch",
+        "output": f"logits {tuple(reference.shape[1:])}" + (" per frame" if frames else ""),
+        "clip_seconds": samples / 32000,
         "deployed_torch_rel_err": deployed_err,
-        "torch_s_per_batch": _median_time(lambda: loaded.model(logmel), repeats),
+        "torch_s_per_batch": _median_time(
+            lambda: (FrameModel(loaded.model) if frames else loaded.model)(logmel), repeats
+        ),
         "deployed_torch_s_per_batch": deployed_time,
     }
     if onnx_path:
@@ -274,18 +308,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--onnx", help="write the ONNX model here")
     p.add_argument("--torchscript", help="write the TorchScript model here")
     p.add_argument("--waveform", action="store_true", help="include the log-mel frontend")
+    p.add_argument("--frames", action="store_true", help="per-frame logits (the timeline model)")
     p.add_argument("--model", help="zoo model of a foreign file (default: read from the file)")
     p.add_argument("--conv", help="conv config of a foreign file (default: read from the file)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="layout of the file")
     p.add_argument("--raw-weights", action="store_true", help="ignore EMA weights in the file")
-    p.add_argument("--audio", help="verify on the first 10 s of this file (default: test signal)")
+    p.add_argument("--audio", help="verify on the first clip of this file (default: test signal)")
     p.add_argument("--batch-size", type=int, default=2, help="verification batch (default 2)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     args = p.parse_args(argv)
     try:
         out = export(
             args.checkpoint, args.onnx, args.torchscript, waveform=args.waveform,
-            model=args.model, conv=args.conv, fmt=args.format, prefer_ema=not args.raw_weights,
+            frames=args.frames, model=args.model, conv=args.conv, fmt=args.format,
+            prefer_ema=not args.raw_weights,
             audio=args.audio, batch_size=args.batch_size, opset=args.opset,
         )  # fmt: skip
     except (OSError, ValueError, RuntimeError) as err:

@@ -3,7 +3,9 @@
 Usage::
 
     dcls-audio-tag AUDIO... --checkpoint CKPT [--top-k 10] [--json] [--device cpu]
+    dcls-audio-tag AUDIO... --checkpoint CKPT --timeline --out DIR [--threshold 0.5|FILE] ...
 
+AUDIO: files, folders (their sound files, recursively) or glob patterns.
 Each file is read with soundfile (any format, sample rate and channel count it supports), mixed
 down to mono, resampled to 32 kHz and cut into windows of the run's clip length
 (``data.clip_seconds``, 10 s for AudioSet; hop = window; the last window, or a shorter file, is
@@ -11,6 +13,8 @@ zero-padded). Every window goes through the log-mel frontend and the model; sigm
 probabilities (softmax for a ``data.task=multiclass`` model) are reported per window and for the
 whole file. The whole-file score of a
 class is the **mean** of its window probabilities (the `max` over windows is reported beside it).
+``--timeline`` writes frame-level score tracks and events instead (:mod:`dcls_audio.timeline`,
+:mod:`dcls_audio.events`, :mod:`dcls_audio.timeline_out`).
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ import torch
 import torchaudio
 from torch import nn
 
+from dcls_audio.data.stream import AudioReadError, expand_inputs
+
+__all__ = ["AudioReadError", "Tagger", "load_tagger", "main", "read_audio", "tag_file"]
+
 SAMPLE_RATE = 32000
 WINDOW_SECONDS = 10.0
 WINDOW_SAMPLES = 320000
-
-
-class AudioReadError(RuntimeError):
-    """An input file could not be turned into audio samples (message names the file)."""
+# --timeline defaults: chosen on a generated tuning set (README, "Timeline")
+TIMELINE_DEFAULTS = {"hop": 0.5, "threshold": 0.5, "median": 0.0, "min_duration": 0.0,
+                     "min_gap": 0.0}  # fmt: skip
 
 
 @dataclass
@@ -174,7 +181,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="dcls-audio-tag",
         description="Tag audio files with a dcls-audio checkpoint: top-k labels, probabilities.",
     )
-    p.add_argument("audio", nargs="+", help="audio files (any format, rate, channel count)")
+    p.add_argument(
+        "audio", nargs="+", help="audio files (any format, rate, channels), folders or globs"
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint (last.pt / best.pt of a run)")
     p.add_argument("--top-k", type=int, default=10, help="labels to print per file (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -184,10 +193,58 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="use the raw model weights even when the checkpoint has EMA weights",
     )
+    t = p.add_argument_group("timeline (--timeline)")
+    d = TIMELINE_DEFAULTS
+    t.add_argument("--timeline", action="store_true", help="frame-level scores and events")
+    t.add_argument("--out", help="output folder of --timeline")
+    t.add_argument(
+        "--hop", type=float, default=d["hop"], help="frame step, s (default %(default)s)"
+    )
+    t.add_argument(
+        "--mode", default="frames", choices=("frames", "clip"),
+        help="frames: the model's time axis (default); clip: clip-level window scores",
+    )  # fmt: skip
+    t.add_argument(
+        "--threshold", default=str(d["threshold"]),
+        help="one value, or a file of per-class values (label<TAB>value) (default %(default)s)",
+    )  # fmt: skip
+    t.add_argument("--median", type=float, default=d["median"], help="median filter, s")
+    t.add_argument("--min-duration", type=float, default=d["min_duration"], help="shortest event")
+    t.add_argument("--min-gap", type=float, default=d["min_gap"], help="gaps shorter are filled, s")
+    t.add_argument("--batch-size", type=int, default=8, help="windows per batch (default 8)")
+    t.add_argument("--plot-top", type=int, default=5, help="classes drawn per plot (default 5)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.timeline and not args.out:
+        p.error("--timeline needs --out DIR")
+    if args.out and not args.timeline:
+        p.error("--out is an option of --timeline")
+    if args.batch_size < 1 or args.plot_top < 1:
+        p.error("--batch-size and --plot-top must be >= 1")
+    if args.hop <= 0 or abs(args.hop * 100 - round(args.hop * 100)) > 1e-6:
+        p.error(f"--hop must be a positive multiple of 0.01 s, got {args.hop}")
     return args
+
+
+def _timeline(args: argparse.Namespace, tagger: Tagger, files: list[str]) -> int:
+    """The --timeline branch of main: write per-file outputs and events.tsv."""
+    from dcls_audio.events import EventSettings
+    from dcls_audio.timeline_out import TSV_NAME, run_timeline
+
+    settings = EventSettings(args.threshold, args.median, args.min_duration, args.min_gap)
+    try:
+        results, _ = run_timeline(
+            tagger, files, args.out, settings, hop=args.hop, mode=args.mode,
+            batch_size=args.batch_size, progress=not args.no_progress and sys.stderr.isatty(),
+            plot_top=args.plot_top, log=print,
+        )  # fmt: skip
+    except ValueError as err:  # a bad threshold file
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(results)} of {len(files)} file(s) done; all events: {Path(args.out) / TSV_NAME}")
+    return 1 if not results else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,8 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    files = expand_inputs(args.audio)
+    if not files:
+        print(f"error: no audio files in {args.audio}", file=sys.stderr)
+        return 1
+    if args.timeline:
+        return _timeline(args, tagger, files)
     results, errors = [], []
-    for path in args.audio:
+    for path in files:
         try:
             result = tag_file(tagger, path, args.top_k)
         except AudioReadError as err:
