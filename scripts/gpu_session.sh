@@ -1,49 +1,145 @@
 #!/usr/bin/env bash
-# Every GPU measurement the open GPU work needs, in one run on an offline GPU machine.
+# Every GPU measurement the DCLS speed work needs, in one run of at most BUDGET seconds (450) on
+# an offline GPU machine; each step has its own time limit (cut to what is left) and log.
 #
-#   scripts/gpu_session.sh OUT_DIR        (from the project root; wheels in .whl/, see below)
+#   scripts/gpu_session.sh OUT_DIR          # on the GPU machine, from the project root
+#   scripts/gpu_session.sh OUT_DIR cpu      # the same steps on the CPU at tiny sizes (rehearsal)
 #
-# The machine has torch, triton, timm, h5py, sklearn, onnx(runtime); the missing pure-Python
-# packages (hydra-core, omegaconf, antlr4-python3-runtime, soundfile, submitit, dcls, timm 1.0.31)
-# come from .whl/ when present. Each step has its own time limit, so one failure leaves the
-# others' results; everything goes to OUT_DIR (JSON, markdown, logs), nvidia-smi names the card.
+# OUT_DIR receives session.json (every step's JSON, merged after each step) and logs.tgz (logs,
+# tables, JSON and run directories without checkpoints or data), refreshed after each step.
+# Missing pure-Python packages come from .whl/ when present (../shared/OFFLINE_GPU.md).
+# Steps, most important first: CUDA exactness tests; the Triton kernels' block-size tuning on
+# ConvNeXt-T's layers (kept for every later step); model throughput (3 models x {DSC,
+# DCLS-Gauss} x {infer, train}, bf16, batch 64, channels_last, interleaved); the per-layer table;
+# a profiler table of a training step and an inference batch; an end-to-end DSC train.py run; a
+# SIGTERM-and-resume round trip (deterministic); torch.compile against eager; ConvNeXt-T's
+# throughput in the trainer's NCHW layout; an end-to-end DCLS run.
 set -uo pipefail
-OUT=${1:?usage: scripts/gpu_session.sh OUT_DIR}
-mkdir -p "$OUT"
+OUT=$(mkdir -p "${1:?usage: scripts/gpu_session.sh OUT_DIR [cpu]}" && cd "$1" && pwd)
+MODE=${2:-cuda}
+BUDGET=${BUDGET:-450}
+W=${WORK:-/tmp/gpu_session}
+rm -rf "$W"
+mkdir -p "$W"
+START=$SECONDS
+PY=${PYTHON:-python3}
+
 if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl > "$W/wheels.log" 2>&1
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
 fi
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HYDRA_FULL_ERROR=1
+export DCLS_TRITON_CONFIGS=$W/triton_configs.json
 
-step() {  # step NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log, note the status
-  local name=$1 limit=$2
-  shift 2
-  local start=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "$name exit=$? seconds=$((SECONDS - start))" | tee -a "$OUT/steps.txt"
+if [ "$MODE" = cpu ]; then  # rehearsal: Triton's interpreter, the smallest model, tiny sizes
+  export TRITON_INTERPRET=1 DCLS_CONV_AUTOTUNE=0
+  DEV=cpu B=2 DIV=32 REPEATS=1 MODELS=convnext_atto BIG=convnext_atto TB=8 WORKERS=2
+  NTRAIN=64 NEVAL=16 NRESUME=32 STOP=5 EPOCHS=2 LOG=2 BACKEND=aot_eager DTYPE=fp32
+  TUNE_ENV="DCLS_TRITON_TUNE=force" DTYPES="float32" ITERS=1 WARM=1 REPS=1 SCALE=8
+else
+  DEV=cuda B=64 DIV=1 REPEATS=10 MODELS=convnext_t,convformer_s18,fastvit_sa24 BIG=convnext_t
+  TB=64 WORKERS=12 NTRAIN=4096 NEVAL=256 NRESUME=512 STOP=11 EPOCHS=3 LOG=16
+  BACKEND=inductor DTYPE=bf16 TUNE_ENV="DCLS_TRITON_TUNE=1" DTYPES="bfloat16 float32"
+  ITERS=10 WARM=3 REPS=3 SCALE=1
+fi
+
+pack() {  # logs and JSON into OUT_DIR, now (a later step may not finish)
+  $PY - "$W" "$OUT/session.json" >> "$W/collect.log" 2>&1 <<'EOF'
+import json, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+doc = {}
+for path in sorted(root.glob("*.json")) + sorted(root.glob("*/*.json")):
+    try:
+        doc[str(path.relative_to(root))] = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        doc[str(path.relative_to(root))] = f"unreadable: {err}"
+tmp = pathlib.Path(sys.argv[2] + ".part")
+tmp.write_text(json.dumps(doc, indent=1) + "\n")
+tmp.replace(sys.argv[2])
+EOF
+  tar czf "$OUT/logs.tgz.part" -C "$W" --exclude='*.pt' --exclude='*.h5' --exclude='syn*' . \
+    && mv "$OUT/logs.tgz.part" "$OUT/logs.tgz"
 }
 
-# 1. install self-check and the DCLS CUDA kernels' exactness tests
-step gpu_check 420 python3 -m dcls_audio.gpu_check --json "$OUT/gpu_check.json"
-step kernel_tests 300 python3 -m pytest -q -p no:cacheprovider tests/test_dcls_kernels.py -k cuda
-# 2. per-layer table: cuDNN NCHW / channels_last, FFT, Triton, chosen path, 7x7 DSC
-step bench_layers 420 python3 -m dcls_audio.benchmarks.kernels --cuda-only --repeats 20 \
-  --json "$OUT/bench_dcls_cuda.json"
-# 3. model throughput, bf16, batch 64: 3 models x {DSC, DCLS-Gauss, DCLS-bilinear} x {infer, train}
-step throughput 900 python3 -m dcls_audio.benchmarks.throughput \
-  --models convnext_t,convformer_s18,fastvit_sa24 --convs dsc,dcls_gauss,dcls_bilinear \
-  --mode both --dtype bf16 --batch-size 64 --iters 5 --warmup 3 --repeats 3 \
-  --json "$OUT/throughput.json" --markdown "$OUT/throughput.md"
-# 4. end to end: a long DSC run (and DCLS) through the real data path, 12 loader workers
-step synthetic 300 python3 -m dcls_audio.data.synthetic --out /tmp/syn --train 4096 --eval 256
-for conv in dsc dcls_gauss; do
-  step "e2e_$conv" 900 python3 train.py data=synthetic data.root=/tmp/syn model=convnext_t \
-    conv=$conv trainer.device=cuda trainer.batch_size=64 trainer.global_batch_size=64 \
-    trainer.epochs=1 trainer.warmup_epochs=0 trainer.max_eval_samples=256 data.num_workers=12 \
-    trainer.log_every=32 "hydra.run.dir=$OUT/e2e_$conv"
-done
-rm -f "$OUT"/e2e_*/last.pt "$OUT"/e2e_*/best.pt  # results.json and metrics.jsonl are enough
+step() {  # step NAME SECONDS COMMAND...: run with min(SECONDS, what is left), log to W/NAME.log
+  local name=$1 limit=$(($2 * SCALE))
+  shift 2
+  local left=$((BUDGET - (SECONDS - START)))
+  if ((left < 20)); then
+    echo "$name skipped: ${left}s left" | tee -a "$W/steps.txt"
+    return 1
+  fi
+  ((limit > left - 10)) && limit=$((left - 10))
+  local t0=$SECONDS
+  timeout -k 10 "$limit" "$@" > "$W/$name.log" 2>&1
+  local rc=$?
+  echo "$name exit=$rc seconds=$((SECONDS - t0)) limit=$limit at=$((SECONDS - START))" \
+    | tee -a "$W/steps.txt"
+  pack
+  return $rc
+}
+
+{ nvidia-smi; nvidia-smi -q -d CLOCK,POWER,PERFORMANCE; } > "$W/nvidia-smi.txt" 2>&1
+git log -1 --format='%H %cI' > "$W/commit.txt" 2>&1
+$PY -c "import torch, triton, timm; print(torch.__version__, torch.version.cuda, triton.__version__, timm.__version__)" \
+  > "$W/versions.txt" 2>&1
+# data for the train.py steps, generated on the CPU while the GPU steps run
+( nice -n 10 $PY -m dcls_audio.data.synthetic --out "$W/syn" --train $NTRAIN --eval $NEVAL \
+  && nice -n 10 $PY -m dcls_audio.data.synthetic --out "$W/syn_small" --train $NRESUME \
+    --eval $NEVAL ) > "$W/synthetic.log" 2>&1 &
+SYN_PID=$!
+
+# 1. the Triton kernels on the GPU against float64 (every case, fp32 and bf16; default blocks)
+step exact 60 env DCLS_TRITON_TUNE=0 $PY -m pytest -q -s -p no:cacheprovider \
+  tests/test_dcls_kernels.py -k "cuda_triton or cuda_layer"
+# 2. block sizes, warps and stages per layer shape: the fastest kept for every later step; if
+# the Triton path crashes here, the later steps choose among cuDNN and the FFT only
+step tune 75 env $TUNE_ENV $PY -m dcls_audio.benchmarks.gpu_session tune --device $DEV \
+  --batch $B --channels-div $DIV --json "$W/tune.json" --configs "$DCLS_TRITON_CONFIGS"
+rc=$?
+if ((rc != 0 && rc != 124)); then
+  export DCLS_CONV_PATHS=cudnn,fft
+  echo "Triton path left out after the tune step failed (exit $rc)" | tee -a "$W/steps.txt"
+fi
+# 3. model throughput, the headline: DCLS-Gauss / DSC per model, interleaved, one process
+step throughput 170 $PY -m dcls_audio.benchmarks.throughput --device $DEV --models $MODELS \
+  --convs dsc,dcls_gauss --mode both --dtype $DTYPE --batch-size $B --iters $ITERS --warmup $WARM \
+  --repeats $REPS --json "$W/throughput.json" --markdown "$W/throughput.md"
+# 4. per-layer table per ConvNeXt-T stage (all paths, fwd and fwd+bwd, chosen path, error)
+step layers 60 $PY -m dcls_audio.benchmarks.cuda_layers --device $DEV --batch $B \
+  --channels-div $DIV --dtypes $DTYPES --repeats $REPEATS --json "$W/layers.json"
+# 5. where a DCLS step spends its time (and a DSC step's, for comparison)
+step profile 45 $PY -m dcls_audio.benchmarks.gpu_session profile --device $DEV --model $BIG \
+  --convs dcls_gauss,dsc --batch $B --out-dir "$W/profile"
+wait $SYN_PID
+# 6. end to end through the real data path (DSC): steady rate after each epoch's first window
+TRAIN="data=synthetic model=$BIG trainer.device=$DEV trainer.batch_size=$TB
+  trainer.global_batch_size=$TB trainer.warmup_epochs=0 wandb.mode=disabled"
+step e2e_dsc 60 $PY train.py $TRAIN data.root="$W/syn" conv=dsc trainer.epochs=$EPOCHS \
+  trainer.max_eval_samples=$NEVAL data.num_workers=$WORKERS trainer.log_every=$LOG \
+  hydra.run.dir="$W/e2e_dsc"
+# 7. SIGTERM mid-epoch and resume, deterministic, DCLS-Gauss through the Triton path
+step resume 90 $PY -m dcls_audio.benchmarks.gpu_session resume --work "$W/resume" \
+  --stop-step $STOP --limit 60 --json "$W/resume.json" -- $TRAIN data.root="$W/syn_small" \
+  conv=dcls_gauss trainer.epochs=2 trainer.deterministic=true data.num_workers=0 \
+  trainer.log_every=1 trainer.max_eval_samples=$NEVAL
+# 8. torch.compile against eager (inference), DCLS first
+step compile 100 $PY -m dcls_audio.benchmarks.gpu_session compile --device $DEV --model $BIG \
+  --convs dcls_gauss,dsc --batch $B --backend $BACKEND --iters $ITERS --repeats $REPS \
+  --json "$W/compile.json"
+# 9. ConvNeXt-T in the trainer's layout (NCHW): the model-only rate item 5 compares with
+step throughput_nchw 45 $PY -m dcls_audio.benchmarks.throughput --device $DEV --models $BIG \
+  --convs dsc,dcls_gauss --mode both --dtype $DTYPE --batch-size $B --iters $ITERS \
+  --warmup $WARM --repeats $REPS --channels-last off --json "$W/throughput_nchw.json"
+# 10. end to end with DCLS-Gauss
+step e2e_dcls 45 $PY train.py $TRAIN data.root="$W/syn" conv=dcls_gauss trainer.epochs=1 \
+  trainer.max_eval_samples=$NEVAL data.num_workers=$WORKERS trainer.log_every=$LOG \
+  hydra.run.dir="$W/e2e_dcls"
+$PY -m dcls_audio.benchmarks.gpu_session runs --rate "$W/e2e_dsc" "$W/e2e_dcls" \
+  --json "$W/runs.json" > "$W/runs.log" 2>&1
+echo "total $((SECONDS - START)) s" | tee -a "$W/steps.txt"
+pack
+cat "$W/steps.txt"

@@ -64,6 +64,12 @@ def test_every_candidate_configuration_is_exact(interpreted):
         assert all(err <= tol for err in errs.values()), (key, errs)
 
 
+def test_one_launch_construction_equals_construct_kernel(interpreted):
+    """The fused inference construction (gauss, bilinear, windows) against construct_kernel."""
+    errs = interpreted["construct"]
+    assert len(errs) == 5 and all(err <= 1e-6 for err in errs.values()), errs
+
+
 def test_custom_op_passes_opcheck(interpreted):
     """Schema, autograd registration, fake-tensor rule and AOT dispatch (dynamic shapes)."""
     ops = interpreted["ops"]
@@ -108,6 +114,22 @@ def test_cuda_layer_paths_match_cudnn(impl, fresh_choices, monkeypatch):
         results[name] = (y, *grads)
     for a, b in zip(results[impl], results["direct"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+@needs_cuda
+def test_cuda_layer_inference_uses_the_fused_construction(monkeypatch):
+    """In inference on CUDA the kernel is built in one launch, checked once, same output."""
+    from dcls_audio.dcls import layers
+
+    torch.manual_seed(0)
+    layer = Dcls2d(16, 16, 26, 23, padding=11, groups=16).cuda().eval()
+    x = torch.randn(2, 16, 20, 18, device="cuda")
+    with torch.no_grad():
+        y = layer(x)
+    assert layers.FUSED_CHECKED.get(x.device) is True
+    monkeypatch.setenv("DCLS_FUSED_CONSTRUCT", "0")
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), y, rtol=1e-5, atol=1e-5 * y.abs().max().item())
 
 
 @pytest.mark.parametrize("name", MIXED_CASES)
@@ -170,6 +192,29 @@ def test_triton_kernels_compile_for_gpus_without_one(
     ptx = compiled.asm["ptx"]
     assert ("wgmma" in ptx) == (arch == 90)
     assert ".local" not in ptx
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("gauss", [True, False])
+def test_construction_kernel_compiles(arch, gauss, tmp_path, monkeypatch):
+    """The one-launch kernel construction compiles for sm_80 and sm_90 without spills."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("interpreted kernels are not compiled")
+    triton = pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from dcls_audio.dcls import triton_construct as tc
+
+    sig = dict.fromkeys(("w_ptr", "p_ptr", "s_ptr", "k_ptr"), "*fp32")
+    ints = ("N", "COUNT", "SH", "SW", "LO_H", "LO_W", "OH", "OW")
+    sig |= dict.fromkeys(ints, "i32") | {"EPS": "fp32", "OFFSET": "fp32"}
+    consts = {"GAUSS": gauss, "BK": 32, "BS": 32}
+    sig |= dict.fromkeys(consts, "constexpr")
+    src = ASTSource(fn=tc._construct_kernel, signature=sig, constexprs=consts)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
+    assert compiled.asm["cubin"] and ".local" not in compiled.asm["ptx"]
 
 
 def test_interpreter_run_is_short(interpreted):

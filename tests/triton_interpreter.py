@@ -83,36 +83,13 @@ def errors(case, dtype, param_dtype=None, device="cpu", fwd=None, wgrad=None) ->
 
 
 def patch_interpreter() -> None:
-    """Work around two triton 3.6 interpreter bugs (see the comments)."""
-    import numpy as np
-    import triton.language as tl
-    import triton.runtime.interpreter as interp
-
+    """Work around two triton 3.6 interpreter bugs (see ``dcls_audio.dcls.interpreter``)."""
     # triton.jit reads it when decorating, also triton's own jit helpers: set before any import
     assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
     assert "dcls_audio.dcls.triton_dwconv" not in sys.modules
-    # triton 3.6's interpreter turns a scalar into an int with int(shape-(1,) array), an error
-    # under numpy >= 2.4 (triton-lang/triton#9171); runtime loop bounds need it.
-    patch = interp._patch_lang_tensor
+    from dcls_audio.dcls.interpreter import patch_triton_interpreter
 
-    def patched(tensor, scope):
-        patch(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    interp._patch_lang_tensor = patched
-    # Its dot multiplies bfloat16 operands as their raw uint16 bits; widen them exactly first.
-    dot = interp.InterpreterBuilder.create_dot
-
-    def widened(handle):
-        if handle.dtype.scalar != tl.bfloat16:
-            return handle
-        data = interp._convert_float(handle.data, tl.bfloat16, tl.float32, None)
-        return interp.TensorHandle(data.view(np.float32), tl.float32)
-
-    def create_dot(self, a, b, d, *args):
-        return dot(self, widened(a), widened(b), d, *args)
-
-    interp.InterpreterBuilder.create_dot = create_dot
+    assert patch_triton_interpreter()
 
 
 def config_errors() -> dict:
@@ -128,6 +105,37 @@ def config_errors() -> dict:
             result[f"config{k}-{name}-{dtype}"] = errors(
                 case, getattr(torch, dtype), None, "cpu", fwd, wgrad
             )
+    return result
+
+
+# name: (channels, count, size, version, window)
+CONSTRUCT_CASES = {
+    "gauss_23x23": (6, 26, (23, 23), "gauss", None),
+    "gauss_window": (4, 26, (23, 23), "gauss", ((4, 19), (5, 18))),
+    "gauss_even_rectangular": (3, 7, (8, 6), "gauss", None),
+    "bilinear_window": (5, 3, (5, 9), "bilinear", ((1, 4), (0, 9))),
+    "bilinear_23x23": (2, 26, (23, 23), "bilinear", None),
+}
+
+
+def construct_errors() -> dict:
+    """The one-launch kernel construction against ``construct_kernel`` (max|d| / max|ref|)."""
+    from dcls_audio.dcls.construct import construct_kernel
+    from dcls_audio.dcls.triton_construct import construct_kernel_2d
+
+    gen = torch.Generator().manual_seed(3)
+    result = {}
+    for name, (c, count, size, version, window) in CONSTRUCT_CASES.items():
+        weight = torch.randn(c, 1, count, generator=gen)
+        half = torch.tensor(size, dtype=torch.float32).view(2, 1, 1, 1) / 2
+        P = (torch.rand(2, c, 1, count, generator=gen) * 2 - 1) * (half - 0.5)
+        SIG = torch.randn(2, c, 1, count, generator=gen) * 0.4  # negative too: |SIG| is used
+        SIG = SIG if version == "gauss" else None
+        ref = construct_kernel(weight, P, SIG, size, version, window=window)
+        ours = construct_kernel_2d(weight, P, SIG, size, version, window)
+        same_shape = tuple(ours.shape) == tuple(ref.shape)
+        err = ((ours - ref).abs().max() / ref.abs().max()).item() if same_shape else float("inf")
+        result[name] = err
     return result
 
 
@@ -187,6 +195,7 @@ def main() -> dict:
     for name in MIXED_CASES:
         result[f"{name}-mixed"] = errors(KERNEL_CASES[name], torch.bfloat16, torch.float32)
     result |= config_errors()
+    result["construct"] = construct_errors()
     result["ops"] = op_checks()
     return result
 

@@ -11,10 +11,7 @@ Two CPU measurements, both forward + backward, ours versus the `dcls` 0.1.1 pack
    memory and the largest absolute difference of the kernels and of every gradient.
 2. A full depthwise Dcls2d layer (padding 11) on ConvNeXt-T's stage maps for a 128 x 1001 input,
    batch 8: 8x96x64x62, 8x192x32x31, 8x384x16x15, 8x768x8x7. Ours crops the kernel on the last map.
-3. On CUDA, a Dcls2d layer's depthwise 23 x 23 convolution (cropped as the layer crops it) on the
-   same maps at batch 64, bf16 and fp32, TF32 off: forward and forward + backward ms for cuDNN
-   NCHW and channels_last, FFT, Triton, the layer's chosen path and a 7 x 7 depthwise (DSC)
-   convolution, and the Triton path's max|d|/max|ref| against float64.
+3. On CUDA, the per-layer table of :mod:`dcls_audio.benchmarks.cuda_layers`.
 
 Peak memory: CPU PyTorch has no allocator statistics and ``tracemalloc`` does not see tensor
 buffers, so ``torch.profiler`` (``profile_memory=True``) records every allocation and free of
@@ -37,8 +34,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from dcls_audio.benchmarks.cuda_layers import bench_cuda, print_cuda_table
 from dcls_audio.dcls import Dcls2d, construct_kernel
 
 logging.getLogger().setLevel(logging.ERROR)  # the reference warns about CUDA on every layer
@@ -187,130 +184,6 @@ def bench_layer(channels: int, height: int, width: int, repeats: int) -> dict:
     row["speedup"] = row["ref_s"] / row["ours_s"]
     row["memory_ratio"] = row["ref_peak_bytes"] / max(row["ours_peak_bytes"], 1)
     return row
-
-
-CUDA_BATCH = 64
-CUDA_PATHS = ("cudnn_nchw", "cudnn_channels_last", "fft", "triton", "chosen", "dsc_7x7")
-
-
-def _device_ms(fn, repeats: int, device: str) -> float:
-    """Median milliseconds of ``fn`` after one warm-up run (CUDA events on CUDA)."""
-    if device != "cuda":
-        return statistics.median(timings(fn, repeats)) * 1e3
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def _cuda_paths(pads, small: torch.Tensor) -> dict:
-    """Callables ``(x, kernel, training)`` per compared path (``small``: the 7 x 7 kernel)."""
-    from dcls_audio.dcls import dwconv
-
-    def cudnn_cl(x, k, _):  # the layer's paddings are symmetric per axis on these maps
-        xl = x.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(xl, k, None, 1, (pads[0][0], pads[1][0]), 1, k.shape[0])
-
-    return {
-        "cudnn_nchw": lambda x, k, _: dwconv.run_path("cudnn", x, k, None, pads),
-        "cudnn_channels_last": cudnn_cl,
-        "fft": lambda x, k, _: dwconv.run_path("fft", x, k, None, pads),
-        "triton": lambda x, k, _: dwconv.run_path("triton", x, k, None, pads),
-        "chosen": lambda x, k, t: dwconv.depthwise_conv2d(x, k, None, pads, training=t),
-        "dsc_7x7": lambda x, k, _: F.conv2d(
-            x, small.requires_grad_(k.requires_grad), padding=3, groups=k.shape[0]
-        ),
-    }
-
-
-def _fwd_bwd(fn, x: torch.Tensor, kernel: torch.Tensor):
-    """A forward-only and a forward + backward closure of ``fn``."""
-    xg, kg = x.detach().requires_grad_(), kernel.detach().requires_grad_()
-
-    def fwd():
-        with torch.no_grad():
-            fn(x, kernel, False)
-
-    def both():
-        y = fn(xg, kg, True)
-        y.backward(torch.ones_like(y))
-
-    return fwd, both
-
-
-def _triton_errors(x: torch.Tensor, kernel: torch.Tensor, pads) -> dict:
-    """max|d| / max|ref| of the Triton output and gradients against float64 (cuDNN)."""
-    from dcls_audio.dcls import dwconv
-
-    flat = [v for lr in reversed(pads) for v in lr]
-    ins = [t.detach().requires_grad_() for t in (x, kernel)]
-    refs = [t.detach().double().requires_grad_() for t in (x, kernel)]
-    y = dwconv.run_path("triton", *ins, None, pads)
-    y_ref = F.conv2d(F.pad(refs[0], flat), refs[1], groups=kernel.shape[0])
-    g = torch.randn_like(y)
-    outs = (y, *torch.autograd.grad(y, ins, g))
-    ref_outs = (y_ref, *torch.autograd.grad(y_ref, refs, g.double()))
-    return {
-        name: ((a.double() - b).abs().max() / b.abs().max()).item()
-        for name, a, b in zip(("y", "dx", "dw"), outs, ref_outs, strict=True)
-    }
-
-
-def bench_cuda_layer(
-    channels: int, height: int, width: int, dtype: str, repeats: int, device: str = "cuda"
-) -> dict:
-    """Per-path forward and forward + backward ms of one stage's depthwise DCLS convolution."""
-    from dcls_audio.dcls import dwconv
-
-    torch.manual_seed(channels)
-    layer = Dcls2d(channels, channels, COUNT, SIZE, padding=SIZE // 2, groups=channels)
-    window, pads = layer._plan((height, width))
-    dt = getattr(torch, dtype)
-    kernel = layer.kernel(window).detach().to(device, dt)
-    x = torch.randn(CUDA_BATCH, channels, height, width, device=device, dtype=dt)
-    small = torch.randn(channels, 1, 7, 7, device=device, dtype=dt)
-    row = {"input": list(x.shape), "dtype": dtype, "kernel": list(kernel.shape[-2:])}
-    for name, fn in _cuda_paths(pads, small).items():
-        fwd, both = _fwd_bwd(fn, x, kernel)
-        row[f"{name}_fwd_ms"] = _device_ms(fwd, repeats, device)
-        row[f"{name}_fwd_bwd_ms"] = _device_ms(both, repeats, device)
-    for training in (False, True):
-        key = dwconv._key(x, kernel, pads, training)
-        row[f"chosen_{'training' if training else 'inference'}"] = dwconv.CHOICES.get(key)
-    row["triton_max_rel_err"] = _triton_errors(x, kernel, pads)
-    return row
-
-
-def bench_cuda(repeats: int) -> list[dict]:
-    """The per-layer CUDA table rows: four ConvNeXt-T stages x (bf16, fp32), TF32 off."""
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    return [
-        bench_cuda_layer(c, h, w, dtype, repeats)
-        for dtype in ("bfloat16", "float32")
-        for c, h, w in STAGE_MAPS
-    ]
-
-
-def print_cuda_table(rows: list[dict], env: str) -> None:
-    """Human-readable per-layer CUDA table (ms, forward / forward + backward)."""
-    print(f"\nDepthwise {SIZE}x{SIZE} conv of a Dcls2d layer, batch {CUDA_BATCH} ({env})")
-    print("ms forward / forward + backward; chosen path inference / training; Triton error")
-    head = " ".join(f"{p:>19}" for p in CUDA_PATHS)
-    print(f"{'input':>16} {'dtype':>8} {head} {'chosen':>13} {'err':>7}")
-    for r in rows:
-        cells = " ".join(
-            f"{r[f'{p}_fwd_ms']:>8.2f} /{r[f'{p}_fwd_bwd_ms']:>9.2f}" for p in CUDA_PATHS
-        )
-        chosen = f"{r['chosen_inference']}/{r['chosen_training']}"
-        worst = max(r["triton_max_rel_err"].values())
-        shape = "x".join(map(str, r["input"]))
-        print(f"{shape:>16} {r['dtype']:>8} {cells} {chosen:>13} {worst:>7.1e}")
 
 
 def _mb(n: int) -> str:

@@ -173,6 +173,7 @@ def measure_model(
                 "iters": iters,
                 "warmup": warmup,
                 "channels_last": channels_last,
+                "compiled": False,
                 "device_name": name,
             }
         )
@@ -194,8 +195,13 @@ def run_benchmark(
     channels_last: bool | None = None,
     dtypes: Sequence[str] | None = None,
     log: Any = None,
+    on_records: Any = None,
 ) -> list[dict[str, Any]]:
-    """Measure every model x conv x mode (x dtype on CUDA); returns the list of records."""
+    """Measure every model x conv x mode (x dtype on CUDA); returns the list of records.
+
+    ``log(line)``: progress lines (a model that fails is then logged and skipped);
+    ``on_records(records)``: called with the records so far after each model x mode x dtype.
+    """
     if mode not in ("infer", "train", "both"):
         raise ValueError(f"mode must be infer, train or both, got '{mode}'")
     for n, v in (("batch_size", batch_size), ("iters", iters), ("repeats", repeats)):
@@ -215,19 +221,17 @@ def run_benchmark(
     for model_name in models:
         for m in modes:
             for dtype in dtypes:
-                recs = measure_model(
-                    model_name,
-                    convs,
-                    m,
-                    dev,
-                    dtype,
-                    batch_size,
-                    iters,
-                    warmup,
-                    repeats,
-                    channels_last,
-                )
+                args = (m, dev, dtype, batch_size, iters, warmup, repeats, channels_last)
+                try:
+                    recs = measure_model(model_name, convs, *args)
+                except Exception as err:  # noqa: BLE001 - one failing model leaves the others
+                    if log is None:
+                        raise
+                    log(f"{model_name} {m} {dtype}: failed: {type(err).__name__}: {err}")
+                    continue
                 records.extend(recs)
+                if on_records is not None:
+                    on_records(records)
                 if log is not None:
                     for r in recs:
                         log(
@@ -330,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         channels_last=cl,
         dtypes=[args.dtype] if args.dtype else None,
         log=lambda s: print(s, flush=True),
+        on_records=(lambda r: _write(args.json, json.dumps(r, indent=2) + "\n"))
+        if args.json
+        else None,
     )
     table = markdown_table(records)
     print(table)

@@ -5,8 +5,9 @@ GPU's arithmetic rate (an order of magnitude slower than the 7 x 7 layer it repl
 exact paths compute the same result: ``"cudnn"`` (``F.conv2d`` on NCHW), ``"fft"`` (float32,
 :func:`fft_depthwise_conv2d`) and ``"triton"`` (:mod:`dcls_audio.dcls.triton_dwconv`). For each
 layer shape (N, C, H, W, kernel, paddings, dtype, training or inference, device) the fastest is
-timed once on first use and cached in :data:`CHOICES`; with ``DCLS_CONV_AUTOTUNE=0``, while
-capturing a CUDA graph or while torch.compile traces a shape not timed before,
+timed once on first use and cached in :data:`CHOICES`; with ``DCLS_CONV_AUTOTUNE=0``, with
+deterministic algorithms on, while capturing a CUDA graph or while torch.compile traces a shape
+not timed before,
 :func:`heuristic_path` decides instead. Under torch.compile the Triton path is the custom operator
 ``dcls_audio::triton_depthwise_conv2d`` (with its autograd and fake-tensor rules), so compiled
 models keep it. Nothing here runs on the CPU (but Triton's interpreter in the tests), and Triton
@@ -45,11 +46,15 @@ Pads = Sequence[Sequence[int]]
 
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None  # without importing it
+# DCLS_CONV_PATHS=cudnn,fft: the paths the choice may take (e.g. to leave out a failing one)
+ALLOWED = tuple(
+    p for p in os.environ.get("DCLS_CONV_PATHS", ",".join(PATHS)).split(",") if p in PATHS
+)
 
 
 def triton_available() -> bool:
-    """True when Triton can be imported (checked once, at import)."""
-    return _HAS_TRITON
+    """True when Triton can be imported (checked once, at import) and is an allowed path."""
+    return _HAS_TRITON and "triton" in ALLOWED
 
 
 def autotune_enabled() -> bool:
@@ -103,7 +108,9 @@ def choose_path(
     if torch.compiler.is_compiling():
         return default  # no timing while tracing; an eager warm-up call times and caches
     capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    if capturing or not autotune_enabled():
+    # deterministic algorithms: no timing either, so that every process computes alike (a
+    # resumed run ends with the weights of an uninterrupted one)
+    if capturing or not autotune_enabled() or torch.are_deterministic_algorithms_enabled():
         return default  # not cached: a later eager call may still measure
     times = (measure or measure_paths)(x, kernel, pads, training)
     CHOICES[key] = min(times, key=times.get) if times else default
@@ -130,7 +137,7 @@ def measure_paths(x: Tensor, kernel: Tensor, pads: Pads, training: bool) -> dict
     ks = torch.randn_like(kernel).requires_grad_(training)
     times = {}
     for path in PATHS:
-        if path == "triton" and not triton_available():
+        if path not in ALLOWED or (path == "triton" and not triton_available()):
             continue
         try:
             times[path] = _time_ms(lambda path=path: _step(path, xs, ks, pads, training))

@@ -4,15 +4,17 @@ Each kernel (forward, which also serves the input gradient, and weight gradient)
 configuration and a list of candidates (block sizes, the Toeplitz variant, ``num_warps``,
 ``num_stages``). On CUDA, the first call for a shape times every candidate once (compiling each;
 one that fails to compile or launch is left out) and keeps the fastest in :data:`TUNED`; the
-interpreter, ``DCLS_TRITON_TUNE=0``, ``DCLS_CONV_AUTOTUNE=0``, torch.compile tracing and CUDA graph
-capture use the default (or an earlier choice). ``DCLS_TRITON_CONFIGS=path.json`` names a file of
-earlier choices read on import (:func:`save` writes one), so that later processes skip the timing.
+interpreter, ``DCLS_TRITON_TUNE=0``, ``DCLS_CONV_AUTOTUNE=0``, deterministic algorithms,
+torch.compile tracing and CUDA graph capture use the default (or an earlier choice).
+``DCLS_TRITON_CONFIGS=path.json`` names a file of earlier choices read on import (:func:`save`
+writes one), so that later processes skip the timing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -80,13 +82,19 @@ TIMINGS: dict[str, list[tuple[dict, float | None]]] = {}
 
 
 def tuning_enabled(device: torch.device) -> bool:
-    """Time the candidates: on CUDA, not tracing or capturing, unless switched off."""
-    if device.type != "cuda" or torch.compiler.is_compiling():
+    """Time the candidates: on CUDA, not tracing or capturing, unless switched off.
+
+    ``DCLS_TRITON_TUNE=force`` also times them off CUDA (the interpreter, in rehearsals).
+    """
+    flag = os.environ.get("DCLS_TRITON_TUNE", "1")
+    if torch.compiler.is_compiling() or flag == "0":
         return False
-    if os.environ.get("DCLS_TRITON_TUNE", "1") == "0":
-        return False
+    if device.type != "cuda":
+        return flag == "force"
     if os.environ.get("DCLS_CONV_AUTOTUNE", "1") == "0":
         return False
+    if torch.are_deterministic_algorithms_enabled():
+        return False  # every process computes alike: the default or a configuration file
     return not torch.cuda.is_current_stream_capturing()
 
 
@@ -99,8 +107,13 @@ def _key(kind: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> s
     return f"{kind}|{dims}|{str(dtype).removeprefix('torch.')}|{_device_name(device)}"
 
 
-def _time_ms(fn: Callable[[], object], repeats: int) -> float:
+def _time_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     fn()  # compiles
+    if device.type != "cuda":
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) * 1e3 / repeats
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     best = float("inf")
@@ -126,7 +139,7 @@ def _choose(
         if not valid(cfg):
             continue
         try:
-            timings.append((cfg, _time_ms(lambda cfg=cfg: run(cfg), repeats=5)))
+            timings.append((cfg, _time_ms(lambda cfg=cfg: run(cfg), 5, device)))
         except Exception as err:  # noqa: BLE001 - a candidate that fails is no candidate
             warnings.warn(f"Triton config {cfg} left out for {key}: {err}", stacklevel=3)
             timings.append((cfg, None))
