@@ -135,9 +135,7 @@ def _choose(
     if not tuning_enabled(device):
         return default
     timings: list[tuple[dict, float | None]] = []
-    for cfg in candidates:
-        if not valid(cfg):
-            continue
+    for cfg in [c for c in candidates if valid(c)] or [default]:
         try:
             timings.append((cfg, _time_ms(lambda cfg=cfg: run(cfg), 5, device)))
         except Exception as err:  # noqa: BLE001 - a candidate that fails is no candidate
