@@ -6,6 +6,8 @@ generates the demo sound set when it is missing (``dcls-audio-sounds``), scores 
 reference on it, trains ``experiment=demo`` once per conv (``conv=dsc``, ``conv=dcls_gauss``) into
 OUT/<conv>, draws each run's curves (and the DCLS positions), prints the three side by side and
 writes OUT/summary.json. Extra arguments are Hydra overrides applied to both trainings.
+SIGTERM, SIGUSR2 or SIGINT stop it with status 128 + the signal number (143, 140, 130); during a
+training, after saving the step in OUT/<conv>/last.pt: run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -165,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--convs", nargs="+", default=list(CONVS), choices=CONVS)
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both trainings")
     args = p.parse_args(argv)
-    summary = run_demo(args.out, args.data, args.seed, args.overrides, args.convs)
+    from dcls_audio.train.preempt import exit_on_signal
+
+    with exit_on_signal("dcls-audio-demo"):  # trainings save their step first (StopSignal)
+        summary = run_demo(args.out, args.data, args.seed, args.overrides, args.convs)
     print(format_summary(summary))
     print(f"wrote {Path(args.out) / SUMMARY_FILE}")
     return 0

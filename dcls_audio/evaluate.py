@@ -11,6 +11,8 @@ Any checkpoint :func:`dcls_audio.models.checkpoint.load_model` reads: a run's ``
 state dicts), whose architecture comes from ``--model``/``--conv`` or from the file itself.
 Every clip is scored exactly once at any world size (contiguous shards, gathered and put back
 in file order); EMA weights are used when the file has them unless ``--raw-weights``.
+SIGTERM, SIGUSR2 or SIGINT end it at once with status 128 + the signal number (143, 140, 130),
+its loader workers with it; nothing is written.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -40,10 +42,16 @@ class _Progress:
     def __len__(self) -> int:
         return len(self._loader)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         from tqdm import tqdm
 
-        return iter(tqdm(self._loader, desc="eval", unit="batch", disable=not self._enabled))
+        from dcls_audio.train.preempt import batches
+
+        with batches(self._loader) as it:  # workers shut down when the iteration ends or stops
+            bar = tqdm(
+                it, total=len(self._loader), desc="eval", unit="batch", disable=not self._enabled
+            )
+            yield from bar
 
 
 def evaluate_checkpoint(
@@ -65,6 +73,7 @@ def evaluate_checkpoint(
     from dcls_audio.models.checkpoint import load_model
     from dcls_audio.train.distributed import distributed_session, pick_device, resolve_env
     from dcls_audio.train.evaluate import ShardedEvalSampler, predict
+    from dcls_audio.train.preempt import loader_worker_init
     from dcls_audio.train.tasks import build_task
 
     if batch_size < 1:
@@ -84,6 +93,7 @@ def evaluate_checkpoint(
             batch_size,
             sampler=ShardedEvalSampler(len(dataset), env.rank, env.world_size),
             num_workers=num_workers,
+            worker_init_fn=loader_worker_init,  # die with this process, leave signals to it
         )
         frontend = LogMelFrontend().to(dev).eval()
         start = time.time()
@@ -130,14 +140,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     from dcls_audio.runfiles import write_json
+    from dcls_audio.train.preempt import exit_on_signal
 
     args = _parse(argv)
     try:
-        out = evaluate_checkpoint(
-            args.checkpoint, args.eval_files, model=args.model, conv=args.conv, fmt=args.format,
-            batch_size=args.batch_size, prefer_ema=not args.raw_weights, device=args.device,
-            num_workers=args.num_workers, progress=not args.no_progress,
-        )  # fmt: skip
+        with exit_on_signal("dcls-audio-evaluate"):  # SIGTERM/SIGUSR2/SIGINT: exit 128 + signum
+            out = evaluate_checkpoint(
+                args.checkpoint, args.eval_files, model=args.model, conv=args.conv,
+                fmt=args.format, batch_size=args.batch_size, prefer_ema=not args.raw_weights,
+                device=args.device, num_workers=args.num_workers, progress=not args.no_progress,
+            )  # fmt: skip
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,6 +19,29 @@ log = logging.getLogger(__name__)
 REQUIRED_KEYS = ("audio_name", "waveform", "target")
 
 
+class DataReadError(OSError):
+    """A clip that cannot be read from its HDF5 file; the message names the file and the row."""
+
+
+def row_end(wav: h5py.Dataset, row: int) -> int | None:
+    """Byte offset just past row ``row`` of a 2-D dataset in its file (None: not known).
+
+    Contiguous datasets: from the data offset; chunked ones: the chunk holding the row's last
+    column. HDF5 reads bytes past the end of a truncated file as zeros, without an error, so
+    comparing this with the file's size is how a truncated file is noticed.
+    """
+    layout = wav.id.get_create_plist().get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        offset = wav.id.get_offset()
+        return None if offset is None else offset + (row + 1) * wav.shape[1] * wav.dtype.itemsize
+    if layout == h5py.h5d.CHUNKED:
+        rows, cols = wav.chunks
+        last_col = (wav.shape[1] - 1) // cols * cols
+        info = wav.id.get_chunk_info_by_coord((row // rows * rows, last_col))
+        return None if info.byte_offset is None else info.byte_offset + info.size
+    return None
+
+
 def validate_file(
     path: Path, num_classes: int, sample_rate: int | None = None, clip_samples: int = CLIP_SAMPLES
 ) -> np.ndarray:
@@ -209,12 +232,31 @@ class AudioSetHDF5(Dataset):
             wav = self._waves[file_index] = f["waveform"]  # group lookups are slow: cache
         return wav
 
+    def _read_row(self, file_index: int, row: int) -> np.ndarray:
+        """Row ``row`` of file ``file_index``; `DataReadError` names the file and row on failure."""
+        path = self.files[file_index]
+        try:
+            wav = self._waveforms(file_index)
+            raw = wav[row]
+            end = row_end(wav, row)
+            size = os.fstat(self._handles[file_index].id.get_vfd_handle()).st_size
+        except Exception as err:  # h5py/HDF5 open and read errors (I/O errors, a vanished file)
+            raise DataReadError(
+                f"{path}: cannot read row {row} of 'waveform' ({type(err).__name__}: {err})"
+            ) from err
+        if end is not None and end > size:  # checked after the read: it may have read zeros
+            raise DataReadError(
+                f"{path}: cannot read row {row} of 'waveform': it ends at byte {end} but the "
+                f"file now has {size} bytes (truncated or rewritten after it was opened)"
+            )
+        return raw
+
     def read_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Row ``index`` as stored: (int16 waveform, bool target)."""
+        """Row ``index`` as stored: (int16 waveform, bool target); `DataReadError` on failure."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} rows")
         index %= len(self)
-        raw = self._waveforms(int(self._file_idx[index]))[int(self._rows[index])]
+        raw = self._read_row(int(self._file_idx[index]), int(self._rows[index]))
         return raw, self.target(index)
 
     def target(self, index: int) -> np.ndarray:

@@ -139,10 +139,11 @@ def build_loaders(
 ) -> Loaders:
     """Training loader (shuffled per epoch, drop_last) and evaluation loader (each clip once).
 
-    The files come from `resolve_data_files` (called before a run creates anything).
+    The files come from `resolve_data_files` (called before a run creates anything). Workers
+    start with `loader_worker_init`: they die with the process and leave stop signals to it.
     """
     from dcls_audio.train.evaluate import ShardedEvalSampler
-    from dcls_audio.train.preempt import ignore_stop_signals
+    from dcls_audio.train.preempt import loader_worker_init
 
     from .options import check_targets, dataset_options, training_sampler
 
@@ -164,7 +165,7 @@ def build_loaders(
     train = DataLoader(
         train_ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
         drop_last=True, generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=loader_worker_init,
     )  # fmt: skip
     eval_loader = DataLoader(
         eval_ds,
@@ -172,6 +173,6 @@ def build_loaders(
         sampler=ShardedEvalSampler(len(eval_ds), rank, world_size),
         num_workers=workers,
         pin_memory=pin,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=loader_worker_init,
     )
     return Loaders(train=train, sampler=sampler, eval=eval_loader)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcls_audio.runfiles import atomic_write
+from dcls_audio.runfiles import RESULTS_FILE, atomic_write
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -63,20 +63,39 @@ class RunState:
     train_samples: int = 0
     wall_time_s: float = 0.0
     last_eval: dict[str, Any] | None = field(default=None)
+    eval_pending: bool = False  # a stop signal ended the evaluation of these weights
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run directory and prove it writable, or raise a named `CheckpointError`."""
+def prepare_run_dir(run_dir: Path) -> list[str]:
+    """Create the run directory and prove it writable, or raise a named `CheckpointError`.
+
+    Returns the names of the temporary files that a killed save left there, now removed.
+    """
     probe = run_dir / ".write_check"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(probe, lambda f: f.write(b"ok"))
         probe.unlink()
+        return remove_partial_saves(run_dir)
     except OSError as err:
         raise CheckpointError(
             f"run directory {run_dir} cannot be created or written ({err.strerror or err}); "
             "choose another with hydra.run.dir=... or fix its permissions"
         ) from err
+
+
+def remove_partial_saves(run_dir: Path) -> list[str]:
+    """Delete the temporary files of saves that never finished (a process killed while saving).
+
+    `atomic_write` writes ``.<name>.<random>.tmp`` beside ``<name>`` and renames it over it; a
+    kill in between leaves the temporary file, never a torn ``<name>``.
+    """
+    removed = []
+    for name in (LAST, BEST, RESULTS_FILE, ".write_check"):
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
+    return sorted(removed)
 
 
 def check_space(run_dir: Path, model: nn.Module, ema: bool) -> None:
@@ -96,8 +115,26 @@ def check_space(run_dir: Path, model: nn.Module, ema: bool) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save`` to a temporary file beside ``path``, then rename over it.
+
+    A failed write (disk full, file size limit, I/O error) leaves ``path`` as it was and raises
+    `CheckpointError` naming it.
+    """
+    path = Path(path)
+    try:
+        atomic_write(path, lambda f: torch.save(obj, f))
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        kept = f"{path} is unchanged" if path.exists() else f"{path} was not written"
+        raise CheckpointError(
+            f"cannot write checkpoint {path} ({type(err).__name__}: {reason}; {free} in "
+            f"{path.parent}); {kept}. Free some space (or raise the file size limit) and run "
+            "again in the same directory to resume."
+        ) from err
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -5,19 +5,26 @@ some clips twice in the metrics (the authors' code has this bug). `ShardedEvalSa
 the clip indices into contiguous, disjoint blocks instead (ranks may differ by one clip), and
 `predict` gathers (index, score, target) chunks from every rank and puts them back in dataset
 order. No collective runs inside the batch loop, so ranks with different numbers of batches
-cannot dead-lock; the only collective is the final `all_gather_object`.
+cannot dead-lock; the collectives come after it (the final `all_gather_object`, and with
+``stop`` one all-reduce that lets every rank leave together when a stop signal ends it).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
+
+from dcls_audio.train.preempt import batches
+
+
+class EvaluationStopped(RuntimeError):
+    """A stop signal ended an evaluation early (raised on every rank)."""
 
 
 class ShardedEvalSampler(Sampler[int]):
@@ -78,6 +85,16 @@ def _modes(modules: list[nn.Module | None]) -> list[tuple[nn.Module, bool]]:
     return [(m, m.training) for root in modules if root is not None for m in root.modules()]
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (a collective under a process group)."""
+    initialised, world = _dist_world()
+    if not initialised or world == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def _gather(
     indices: np.ndarray, scores: np.ndarray, targets: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -120,6 +137,7 @@ def predict(
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
     activation: str = "sigmoid",
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid (or softmax) scores and targets, float32 (N, C) in dataset order, each clip once.
 
@@ -131,7 +149,10 @@ def predict(
     must be current, as `all_gather_object` stages through it). A DDP wrapper is unwrapped (its
     forward would broadcast buffers, a collective that ranks with uneven batches would not all
     reach). The frontend runs in float32; only the model runs under autocast(amp_dtype).
-    `model` and `frontend` are put in eval mode and their modes restored afterwards.
+    `model` and `frontend` are put in eval mode and their modes restored afterwards. ``stop()``
+    (this process only, e.g. `StopSignal.pending`) is checked before each batch; when it is
+    true on any rank, every rank raises `EvaluationStopped`. The loader's workers are shut
+    down when the loop ends, however it ends.
     """
     if activation not in ("sigmoid", "softmax"):
         raise ValueError(f"predict: activation {activation!r}; expected 'sigmoid' or 'softmax'")
@@ -152,9 +173,13 @@ def predict(
         if amp_dtype is not None
         else contextlib.nullcontext()
     )
+    stopped = stop is not None and stop()  # already stopping: start no loader workers
     try:
-        with torch.inference_mode():
-            for batch in loader:
+        with torch.inference_mode(), batches(() if stopped else loader) as loader_batches:
+            for batch in loader_batches:
+                if stop is not None and stop():
+                    stopped = True
+                    break
                 if not isinstance(batch, (list, tuple)) or len(batch) not in (2, 3):
                     raise ValueError(
                         "predict: each batch must be (waveform, target) or "
@@ -197,6 +222,8 @@ def predict(
         for module, training in modes:
             module.train(training)
 
+    if stop is not None and _any_rank(stopped, device):
+        raise EvaluationStopped(f"evaluation stopped after {seen} clips by a stop signal")
     num_classes = score_chunks[0].shape[1] if score_chunks else 0
     local_idx = np.concatenate(idx_chunks) if idx_chunks else np.zeros(0, dtype=np.int64)
     local_s = np.concatenate(score_chunks) if score_chunks else np.zeros((0, num_classes))

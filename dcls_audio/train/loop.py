@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -31,10 +31,10 @@ from dcls_audio.train.distributed import (
     maybe_no_sync,
     sync_buffers,
 )
-from dcls_audio.train.evaluate import predict
+from dcls_audio.train.evaluate import EvaluationStopped, predict
 from dcls_audio.train.log import RunLogger, StepLog
 from dcls_audio.train.metrics import compute_metrics
-from dcls_audio.train.preempt import Preempted, StopSignal
+from dcls_audio.train.preempt import StopSignal, batches
 
 
 class ModelEma(ModelEmaV3):
@@ -141,33 +141,33 @@ def train_epoch(
     frontend.train()
     mix_gen, erase_gen = generators
     loader.dataset.set_epoch(epoch)
-    micro_batches = iter(loader)
-    for _ in range(n_steps):
-        step_loss = torch.zeros((), device=device)
-        for micro in range(accum_steps):
-            waveform, target = next(micro_batches)
-            waveform = waveform.to(device, non_blocking=True)
-            target = target.to(device, non_blocking=True)
-            with torch.no_grad():
-                spec = frontend(waveform, generator=erase_gen)
-            spec, target = mixup(spec, target, generator=mix_gen)
-            with maybe_no_sync(ddp_model, sync=micro == accum_steps - 1):
-                with autocast(device, amp):
-                    logits = ddp_model(spec)
-                loss = criterion(logits.float(), target.float())
-                (loss / accum_steps).backward()
-            step_loss += loss.detach() / accum_steps
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if clamp_positions:
-            clamp_dcls(model)
-        step += 1
-        if ema is not None:
-            ema.update(model, step=step)
-        scheduler.step_update(num_updates=step)
-        on_step(step, step_loss)
-        if stop():
-            break
+    with batches(loader) as micro_batches:  # its workers end with the epoch, however it ends
+        for _ in range(n_steps):
+            step_loss = torch.zeros((), device=device)
+            for micro in range(accum_steps):
+                waveform, target = next(micro_batches)
+                waveform = waveform.to(device, non_blocking=True)
+                target = target.to(device, non_blocking=True)
+                with torch.no_grad():
+                    spec = frontend(waveform, generator=erase_gen)
+                spec, target = mixup(spec, target, generator=mix_gen)
+                with maybe_no_sync(ddp_model, sync=micro == accum_steps - 1):
+                    with autocast(device, amp):
+                        logits = ddp_model(spec)
+                    loss = criterion(logits.float(), target.float())
+                    (loss / accum_steps).backward()
+                step_loss += loss.detach() / accum_steps
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if clamp_positions:
+                clamp_dcls(model)
+            step += 1
+            if ema is not None:
+                ema.update(model, step=step)
+            scheduler.step_update(num_updates=step)
+            on_step(step, step_loss)
+            if stop():
+                break
     return step
 
 
@@ -180,11 +180,13 @@ def evaluate(
     amp: bool,
     main: bool,
     task: Any = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any] | None:
     """mAP, mAUC, d', per-class AP (and ``*_ema`` of the EMA weights) on the main rank.
 
     ``task`` (`dcls_audio.train.tasks.Task`, None = multilabel) sets the output activation and
-    adds its metrics. Every rank takes part in the gathers; other ranks get None.
+    adds its metrics. Every rank takes part in the gathers; other ranks get None. ``stop()``
+    true on any rank ends the evaluation early with `EvaluationStopped` on every rank.
     """
     activation = task.activation if task is not None else "sigmoid"
     score = task.metrics if task is not None else compute_metrics
@@ -194,8 +196,9 @@ def evaluate(
         if weights is None:
             continue
         scores, targets = predict(
-            weights, frontend, loader, device, amp_dtype=amp_dtype, activation=activation
-        )
+            weights, frontend, loader, device, amp_dtype=amp_dtype, activation=activation,
+            stop=stop,
+        )  # fmt: skip
         if main:
             found = score(scores, targets)
             found["num_eval_clips"] = int(scores.shape[0])
@@ -203,10 +206,16 @@ def evaluate(
     return metrics
 
 
-def _preempted(stop: StopSignal, step: int, run_dir: Path, logger: RunLogger) -> None:
-    """Report the checkpoint saved on a stop signal and end the run with `Preempted`."""
+def _preempted(stop: StopSignal, step: int, run_dir: Path, logger: RunLogger) -> NoReturn:
+    """Report the checkpoint saved on a stop signal and end the run with `Preempted`.
+
+    Every rank calls it (the signal's name comes from a collective).
+    """
+    stop.requested()  # the signal every rank exits with
+    message = f"stopped by {stop.name()} at step {step}; resume in {run_dir}"
     logger.print(f"{stop.name()}: saved step {step} to {run_dir / ckpt.LAST}")
-    raise Preempted(f"stopped by {stop.name()} at step {step}; resume in {run_dir}")
+    logger.print(message)
+    raise stop.preempted(message)
 
 
 def fit(
@@ -247,7 +256,9 @@ def fit(
 
     A run resumed inside an epoch (``state.epoch_step`` > 0) continues that epoch's sampler
     order and its (mixup, erasing) generators from ``epoch_rng``. On a stop signal the step's
-    checkpoint is saved and `Preempted` raised. Returns the final metrics on the main rank.
+    checkpoint is saved and `Preempted` raised; a signal during an evaluation ends it and saves
+    the epoch with ``state.eval_pending``, and the resumed run evaluates first. Returns the final
+    metrics on the main rank.
     """
 
     def step_hook(step: int, loss: torch.Tensor) -> None:
@@ -268,52 +279,71 @@ def fit(
             ckpt.save(run_dir, snap, best)
         barrier()
 
-    while state.epoch < epochs and state.step < total_steps:
-        epoch, done = state.epoch, state.epoch_step
-        if done:  # resumed inside the epoch: the saved generators, the global RNGs as restored
-            generators = tuple(torch.Generator().set_state(g) for g in epoch_rng)
-        else:
-            generators = seed_epoch(seed, epoch, rank)
-        loaders.sampler.set_epoch(epoch, start=done * accum_steps * loaders.train.batch_size)
-        step_log.start(epoch, state.step)
-        start = state.step
-        state.step = train_epoch(
-            model, ddp_model, loaders.train, frontend, mixup, criterion, optimizer, scheduler,
-            ema, epoch=epoch, step=state.step, n_steps=min(steps_per_epoch - done,
-            total_steps - state.step), accum_steps=accum_steps, generators=generators,
-            device=device, amp=amp, clamp_positions=clamp_positions, on_step=step_hook,
-            stop=stop.requested,
-        )  # fmt: skip
-        stats = step_log.end()
-        state.train_time_s += stats["train_time_s"]
-        state.train_samples += stats["samples"]
-        state.epoch_step = done + state.step - start
-        if state.epoch_step < steps_per_epoch and state.step < total_steps:  # stopped early
-            save(None, generators)
-            _preempted(stop, state.step, run_dir, logger)
-        state.epoch, state.epoch_step = epoch + 1, 0
-        for weights in (model, ema.module if ema else None):  # one model to evaluate and save
-            if weights is not None:
-                sync_buffers(weights)
-        logger.record("epoch", {"epoch": epoch, **stats}, step=state.step)
-        finished = state.epoch >= epochs or state.step >= total_steps
-        best = None
-        if finished or (eval_every > 0 and state.epoch % eval_every == 0):
-            metrics = evaluate(model, ema, frontend, loaders.eval, device, amp, main, task)
-            if main:
-                state.last_eval = {"step": state.step, "metrics": metrics}
-                logger.eval_report(epoch, state.step, metrics)
-                score = metrics[task.selection if task is not None else "map"]
-                if score > state.best_score:  # False for NaN
-                    state.best_score, best = float(score), metrics
-        save(best)
-        if state.step < total_steps and stop.requested():  # at the epoch's last step
-            _preempted(stop, state.step, run_dir, logger)
+    def evaluate_epoch(epoch: int) -> dict[str, Any] | None:
+        """Evaluate the weights after ``epoch``; their metrics when they are the best so far."""
+        state.eval_pending = True  # saved so if a stop signal ends the evaluation
+        metrics = evaluate(
+            model, ema, frontend, loaders.eval, device, amp, main, task, stop.pending
+        )
+        state.eval_pending = False
+        if not main:
+            return None
+        state.last_eval = {"step": state.step, "metrics": metrics}
+        logger.eval_report(epoch, state.step, metrics)
+        score = metrics[task.selection if task is not None else "map"]
+        if score > state.best_score:  # False for NaN
+            state.best_score = float(score)
+            return metrics
+        return None
 
-    # the final metrics: those of the last evaluation if it saw the final weights
-    final = state.last_eval["metrics"] if main and state.last_eval else None
-    if main and state.last_eval and state.last_eval["step"] != state.step:
-        final = None
-    if not broadcast_object(final is not None):
-        final = evaluate(model, ema, frontend, loaders.eval, device, amp, main, task)
+    try:
+        if state.eval_pending:  # a stop ended the evaluation of the saved weights: do it now
+            save(evaluate_epoch(state.epoch - 1))
+        while state.epoch < epochs and state.step < total_steps:
+            epoch, done = state.epoch, state.epoch_step
+            if done:  # resumed inside the epoch: the saved generators, the global RNGs restored
+                generators = tuple(torch.Generator().set_state(g) for g in epoch_rng)
+            else:
+                generators = seed_epoch(seed, epoch, rank)
+            loaders.sampler.set_epoch(epoch, start=done * accum_steps * loaders.train.batch_size)
+            step_log.start(epoch, state.step)
+            start = state.step
+            state.step = train_epoch(
+                model, ddp_model, loaders.train, frontend, mixup, criterion, optimizer,
+                scheduler, ema, epoch=epoch, step=state.step, n_steps=min(steps_per_epoch - done,
+                total_steps - state.step), accum_steps=accum_steps, generators=generators,
+                device=device, amp=amp, clamp_positions=clamp_positions, on_step=step_hook,
+                stop=stop.requested,
+            )  # fmt: skip
+            stats = step_log.end()
+            state.train_time_s += stats["train_time_s"]
+            state.train_samples += stats["samples"]
+            state.epoch_step = done + state.step - start
+            if state.epoch_step < steps_per_epoch and state.step < total_steps:  # stopped early
+                save(None, generators)
+                _preempted(stop, state.step, run_dir, logger)
+            state.epoch, state.epoch_step = epoch + 1, 0
+            for weights in (model, ema.module if ema else None):  # one model to evaluate, save
+                if weights is not None:
+                    sync_buffers(weights)
+            logger.record("epoch", {"epoch": epoch, **stats}, step=state.step)
+            finished = state.epoch >= epochs or state.step >= total_steps
+            best = None
+            if finished or (eval_every > 0 and state.epoch % eval_every == 0):
+                best = evaluate_epoch(epoch)
+            save(best)
+            if state.step < total_steps and stop.requested():  # at the epoch's last step
+                _preempted(stop, state.step, run_dir, logger)
+
+        # the final metrics: those of the last evaluation if it saw the final weights
+        final = state.last_eval["metrics"] if main and state.last_eval else None
+        if main and state.last_eval and state.last_eval["step"] != state.step:
+            final = None
+        if not broadcast_object(final is not None):
+            final = evaluate(
+                model, ema, frontend, loaders.eval, device, amp, main, task, stop.pending
+            )
+    except EvaluationStopped:
+        save(None)  # the trained weights; their evaluation (state.eval_pending) comes first
+        _preempted(stop, state.step, run_dir, logger)
     return final

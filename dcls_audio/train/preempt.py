@@ -1,42 +1,81 @@
-"""Stop a run on a scheduler's signal, at an optimizer step, with a checkpoint of that step.
+"""Stop a run on a signal, at an optimizer step, with a checkpoint of that step; then exit.
 
-SLURM sends SIGUSR2 (submitit's pre-timeout signal, ``--signal=USR2@...``) or SIGTERM (time
-limit, ``scancel``, preemption) to every task. `StopSignal` only records the signal; the
-training loop polls it after each optimizer step (all ranks agree through one all-reduce),
-saves ``last.pt`` at that step and raises `Preempted`. The handler that was installed before
+SIGTERM (time limit, ``scancel``, preemption, ``kill``, ``timeout``, a container or service
+stop), SIGUSR2 (submitit's pre-timeout signal, ``--signal=USR2@...``) and SIGINT (Ctrl-C) stop a
+run. `StopSignal` only records the signal; the training loop polls it after each optimizer step
+(all ranks agree through one all-reduce), saves ``last.pt`` at that step and raises `Preempted`,
+whose exit status is 128 + the signal number, as a shell reports a process the signal ended:
+143 for SIGTERM, 140 for SIGUSR2, 130 for SIGINT. A second SIGINT stops at once without saving
+(`KeyboardInterrupt`; ``last.pt`` stays the previous complete one). The handler installed before
 (submitit's requeue) is then called once, however many signals arrived, so the requeued job
 resumes from a checkpoint that already exists. Run again in the same directory to resume.
+
+DataLoader workers (`loader_worker_init`) leave the stop signals to the training process, so a
+signal sent to the whole process group (a terminal's Ctrl-C, SLURM, torchrun) cannot kill them
+before the step is saved; they still end when their parent shuts them down (`batches`) or
+terminates them, and they die with it (``PR_SET_PDEATHSIG``) if it is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import multiprocessing
+import os
 import signal
+import sys
 import threading
+from collections.abc import Iterable, Iterator
 from types import FrameType
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_status(signum: int) -> int:
+    """Exit status of a process stopped by ``signum``: 128 + signum (143 for SIGTERM)."""
+    return 128 + int(signum)
+
+
+def _say(message: str) -> None:
+    """Write a line to stderr without Python's buffers (safe inside a signal handler)."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"{message}\n".encode())
 
 
 class Preempted(SystemExit):
     """The run stopped on a signal after saving a checkpoint at the current step.
 
-    A `SystemExit` (status 1, with its message): neither Hydra nor submitit records it as the
-    job's result, so a sweep keeps waiting for the requeued job instead of failing.
+    A `SystemExit` with status 128 + the signal number (143 SIGTERM, 140 SIGUSR2, 130 SIGINT):
+    neither Hydra nor submitit records it as the job's result, so a sweep keeps waiting for the
+    requeued job instead of failing, and schedulers that retry on 128-255 (a process ended by a
+    signal) retry it. ``str()`` is the message.
     """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(exit_status(signum))
+        self.message = message
+        self.signum = int(signum)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class StopSignal:
-    """Records SIGUSR2/SIGTERM while installed (a context manager); `requested` polls them."""
+    """Records SIGUSR2/SIGTERM/SIGINT while installed (a context manager); `requested` polls them.
 
-    def __init__(self, device: torch.device, signals: tuple[int, ...] = SIGNALS) -> None:
+    A SIGINT after a recorded stop raises `KeyboardInterrupt` at once (Ctrl-C twice).
+    """
+
+    def __init__(self, device: torch.device, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
         self.device = device
         self.signals = signals
-        self.received: int | None = None
-        self._frame: FrameType | None = None
+        self.received: int | None = None  # the first signal this process received
+        self.signum: int | None = None  # the stop signal all ranks agreed on (`requested`)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignal:
@@ -50,34 +89,130 @@ class StopSignal:
             signal.signal(sig, handler)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
         if self.received is None:
-            self.received, self._frame = signum, frame
+            self.received = signum
+            again = " (Ctrl-C again: stop now, without saving)" if signum == signal.SIGINT else ""
+            _say(f"{name}: stopping after this optimizer step, with a checkpoint{again}")
+        elif signum == signal.SIGINT:
+            _say(f"{name} again: stopping now; last.pt keeps the last completed save")
+            raise KeyboardInterrupt
+
+    def pending(self) -> bool:
+        """True when this process has received a stop signal (no communication)."""
+        return self.received is not None
 
     def requested(self) -> bool:
-        """True on every rank when any rank has received a stop signal."""
-        flag = self.received is not None
-        if not dist.is_initialized():
-            return flag
-        t = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def forward(self) -> None:
-        """Hand the received signal to the handler installed before (e.g. submitit's requeue)."""
-        previous = self._previous.get(self.received) if self.received else None
-        if callable(previous):
-            previous(self.received, self._frame)
+        """True on every rank when any rank has received a stop signal (a collective)."""
+        signum = self.received or 0
+        if dist.is_initialized():
+            t = torch.tensor([signum], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            signum = int(t.item())
+        if signum:
+            self.signum = signum
+        return bool(signum)
 
     def name(self) -> str:
-        """Name of the received signal (or 'a stop request' when another rank received it)."""
-        return signal.Signals(self.received).name if self.received else "a stop request"
+        """Name of the stop signal (or 'a stop request' before one is known)."""
+        signum = self.signum or self.received
+        return signal.Signals(signum).name if signum else "a stop request"
+
+    def preempted(self, message: str) -> Preempted:
+        """The `Preempted` exit for this stop (status 128 + the signal number)."""
+        return Preempted(message, self.signum or self.received or signal.SIGTERM)
+
+    def forward(self) -> None:
+        """Hand the received signal to the handler installed before (e.g. submitit's requeue).
+
+        Python's own SIGINT handler is not called: it would turn the saved stop into a
+        `KeyboardInterrupt`.
+        """
+        previous = self._previous.get(self.received) if self.received else None
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self.received, None)
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: workers leave stopping to the training process.
+@contextlib.contextmanager
+def exit_on_signal(command: str) -> Iterator[None]:
+    """SIGTERM/SIGUSR2/SIGINT raise ``SystemExit(128 + signum)`` (commands with nothing to save).
 
-    SLURM signals every process of a job; a loader worker killed by SIGTERM would make the
-    training process fail before it saves the step.
+    The exit unwinds the stack, so ``finally`` blocks (loader shutdown, process group) still run.
     """
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        _say(f"{command}: stopped by {signal.Signals(signum).name}")
+        raise SystemExit(exit_status(signum))
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def batches(loader: Iterable) -> Iterator[Iterator]:
+    """``iter(loader)``, whose worker processes are shut down when the block ends, however it ends.
+
+    Without this an iterator kept alive by a traceback (an error, a stop) keeps its workers
+    until the interpreter's exit, where multiprocessing joins them.
+    """
+    it = iter(loader)
+    try:
+        yield it
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)  # torch's multi-process iterator
+        if shutdown is not None:
+            shutdown()
+        elif hasattr(it, "close"):  # a generator over a loader (e.g. a progress bar)
+            it.close()
+
+
+def _parent_pid() -> int:
+    """Process id of the process that started this one."""
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid else os.getppid()
+
+
+def _no_op(signum: int, frame: FrameType | None) -> None:
+    """A signal handler that does nothing."""
+
+
+def _watch_stop_signals(parent: int) -> None:
+    """Worker thread: take the blocked stop signals; exit on the parent's own SIGTERM only.
+
+    A SIGTERM from the parent is `Process.terminate()` (the loader or multiprocessing shutting
+    the worker down); SIGTERM, SIGUSR2 or SIGINT from anyone else is a stop for the parent to
+    act on, after which it shuts the workers down itself.
+    """
+    while True:
+        info = signal.sigwaitinfo(set(STOP_SIGNALS))
+        if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+            os._exit(0)
+
+
+def loader_worker_init(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: never outlive the parent; leave stop signals to it.
+
+    The worker dies with its parent (``PR_SET_PDEATHSIG`` = SIGKILL on Linux; torch's own
+    watchdog elsewhere), blocks SIGTERM, SIGUSR2 and SIGINT and takes them on a thread that
+    exits only on its parent's SIGTERM, so that the parent can still terminate it.
+    """
+    parent = _parent_pid()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    for sig in STOP_SIGNALS:  # handled, not ignored: an ignored signal never reaches sigwaitinfo
+        signal.signal(sig, _no_op)
+    watcher = threading.Thread(
+        target=_watch_stop_signals, args=(parent,), name="stop-signals", daemon=True
+    )
+    watcher.start()

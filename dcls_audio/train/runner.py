@@ -102,8 +102,7 @@ def _train(
     main, seed = env.is_main, int(cfg.seed)
     accum = accumulation_steps(int(tr.global_batch_size), int(tr.batch_size), env.world_size)
     configure_determinism(bool(tr.deterministic), device)
-    if main:
-        ckpt.prepare_run_dir(out)
+    partial = ckpt.prepare_run_dir(out) if main else []  # and remove the files of killed saves
     barrier()
     last_path, results_path = out / ckpt.LAST, out / results_io.RESULTS_FILE
     names = resolve_classes(cfg, files)
@@ -143,6 +142,8 @@ def _train(
 
     wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True)
     logger = RunLogger(out, active=main, wandb_cfg=wandb_cfg, config=config)
+    if partial:
+        logger.print(f"removed the temporary files of a save that did not finish: {partial}")
     state, epoch_rng = ckpt.RunState(), None
     if saved is not None:
         state, epoch_rng = ckpt.restore(
