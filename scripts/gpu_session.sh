@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement the DCLS speed work needs, in one run of at most BUDGET seconds (450) on
+# Every GPU measurement the DCLS speed work needs, in one run of at most BUDGET seconds (470) on
 # an offline GPU machine; each step has its own time limit (cut to what is left) and log.
 #
 #   scripts/gpu_session.sh OUT_DIR          # on the GPU machine, from the project root
@@ -17,7 +17,7 @@
 set -uo pipefail
 OUT=$(mkdir -p "${1:?usage: scripts/gpu_session.sh OUT_DIR [cpu]}" && cd "$1" && pwd)
 MODE=${2:-cuda}
-BUDGET=${BUDGET:-450}
+BUDGET=${BUDGET:-470}
 W=${WORK:-/tmp/gpu_session}
 rm -rf "$W"
 mkdir -p "$W"
@@ -36,12 +36,12 @@ export DCLS_TRITON_CONFIGS=$W/triton_configs.json
 
 if [ "$MODE" = cpu ]; then  # rehearsal: Triton's interpreter, the smallest model, tiny sizes
   export TRITON_INTERPRET=1 DCLS_CONV_AUTOTUNE=0
-  DEV=cpu B=2 DIV=32 REPEATS=1 MODELS=convnext_atto BIG=convnext_atto TB=8 WORKERS=2
+  DEV=cpu B=2 DIV=96 REPEATS=1 MODELS=convnext_atto BIG=convnext_atto TB=8 WORKERS=2
   NTRAIN=64 NEVAL=16 NRESUME=32 STOP=5 EPOCHS=2 LOG=2 BACKEND=aot_eager DTYPE=fp32
   TUNE_ENV="DCLS_TRITON_TUNE=force" DTYPES="float32" ITERS=1 WARM=1 REPS=1 SCALE=8
 else
   DEV=cuda B=64 DIV=1 REPEATS=10 MODELS=convnext_t,convformer_s18,fastvit_sa24 BIG=convnext_t
-  TB=64 WORKERS=12 NTRAIN=4096 NEVAL=256 NRESUME=512 STOP=11 EPOCHS=3 LOG=16
+  TB=64 WORKERS=12 NTRAIN=4096 NEVAL=256 NRESUME=512 STOP=11 EPOCHS=2 LOG=16
   BACKEND=inductor DTYPE=bf16 TUNE_ENV="DCLS_TRITON_TUNE=1" DTYPES="bfloat16 float32"
   ITERS=10 WARM=3 REPS=3 SCALE=1
 fi

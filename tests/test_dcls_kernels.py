@@ -94,6 +94,7 @@ def test_cuda_triton_kernels_match_float64_reference(name, dtype, monkeypatch):
     """The compiled kernels on the GPU, same cases and bounds as the interpreted ones."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     errs = errors(KERNEL_CASES[name], getattr(torch, dtype), device="cuda")
+    print("EXACT", json.dumps({"case": name, "dtype": dtype, **errs}))  # for the session log
     assert errs.pop("dtype_ok") == 1.0
     assert all(err <= TOLERANCE[dtype] for err in errs.values()), errs
 

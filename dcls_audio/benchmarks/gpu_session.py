@@ -203,7 +203,7 @@ def run_rate(run_dir: Path) -> dict:
     if results.exists():
         doc = json.loads(results.read_text())
         out["results_train_samples_per_s"] = doc.get("train_samples_per_s")
-        out["map"] = doc.get("metrics", doc).get("map")
+        out["map"] = doc.get("map")
     return out
 
 
@@ -282,7 +282,7 @@ def resume_check(train_args: list[str], work: Path, stop_step: int, limit: float
     for name, d in runs.items():
         if (d / "results.json").exists():
             res = json.loads((d / "results.json").read_text())
-            doc[f"{name}_metrics"] = res.get("metrics", {})
+            doc[f"{name}_metrics"] = {k: res.get(k) for k in ("map", "mauc", "dprime", "steps")}
     print(json.dumps(doc, indent=1, default=str))
     return doc
 
