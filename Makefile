@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 TORCH_CUDA ?=
 TORCH_INDEX := https://download.pytorch.org/whl
 
-.PHONY: install lock selfcheck test test-fast test-slurm lint demo bench bench-dcls-cuda gpu-check clean
+.PHONY: install lock selfcheck test test-fast test-faults test-slurm lint demo bench bench-dcls-cuda gpu-check clean
 
 # pip installs the lock with --require-hashes: every package at the tested version, nothing
 # resolved anew on the user's machine. The CUDA variant takes the lock's torch family from
@@ -48,6 +48,12 @@ test:
 
 test-fast:
 	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+# The fault-injection matrix (tests/test_faults.py with --faults; `make test` runs a covering
+# subset): each stop signal at a step, at an epoch boundary, during an evaluation and during a
+# save, SIGKILL, a full disk, a truncated training file, torchrun, the demo, dcls-audio-evaluate.
+test-faults:
+	$(BIN)/python -m pytest -q --faults tests/test_faults.py
 
 # A real single-node SLURM on localhost (installed with apt when missing; needs root): a 2-seed
 # hydra/launcher=slurm sweep, aggregation, three forced timeouts with requeue and resume.

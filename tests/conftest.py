@@ -27,6 +27,30 @@ TINY_RUN = (
 )
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--faults",
+        action="store_true",
+        help="also run the fault-injection matrix (make test-faults)",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "faults: fault-injection matrix cells, run only with --faults (make test-faults)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave the `faults` cells out unless --faults is given."""
+    if config.getoption("--faults"):
+        return
+    skipped = [item for item in items if item.get_closest_marker("faults")]
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = [item for item in items if not item.get_closest_marker("faults")]
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch():
     """Give every test the same global RNG state."""

@@ -76,6 +76,7 @@ class StopSignal:
         self.signals = signals
         self.received: int | None = None  # the first signal this process received
         self.signum: int | None = None  # the stop signal all ranks agreed on (`requested`)
+        self.interrupted = False  # a second SIGINT: stop now
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignal:
@@ -96,6 +97,7 @@ class StopSignal:
             _say(f"{name}: stopping after this optimizer step, with a checkpoint{again}")
         elif signum == signal.SIGINT:
             _say(f"{name} again: stopping now; last.pt keeps the last completed save")
+            self.interrupted = True
             raise KeyboardInterrupt
 
     def pending(self) -> bool:

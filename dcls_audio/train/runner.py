@@ -212,6 +212,10 @@ def _train(
     except Preempted:
         stop.forward()  # e.g. submitit's requeue, now that last.pt holds this step
         raise
+    except Exception as err:
+        if stop.interrupted:  # Ctrl-C twice in C++ code that reports it as its own error
+            raise KeyboardInterrupt from err  # (torch.save's writer: "unexpected pos")
+        raise
     finally:
         logger.close()
     return metrics
