@@ -72,20 +72,37 @@ def method_track(tagger: Tagger, wave: np.ndarray, method: str, scorers: dict) -
 
 
 def score_set(
-    tagger: Tagger, folder: Path, methods: Sequence[str]
+    tagger: Tagger, folder: Path, methods: Sequence[str], cache: Path | None = None
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
-    """{method: {filename: track}} of every file of a generated set, and seconds per method."""
+    """{method: {filename: track}} of every file of a generated set, and seconds per method.
+
+    With ``cache``, each method's tracks are stored in ``cache/<method>.npz`` (with their
+    seconds) and read back on the next call instead of being computed again.
+    """
     scorers = {m: WindowScorer(tagger, m) for m in ("frames", "clip")}
     names = sorted(read_durations(folder / "durations.tsv"))
     tracks: dict[str, dict[str, np.ndarray]] = {m: {} for m in methods}
     seconds = dict.fromkeys(methods, 0.0)
-    for name in names:
+    todo = []
+    for m in methods:
+        stored = cache / f"{m}.npz" if cache else None
+        if stored is not None and stored.is_file():
+            with np.load(stored) as z:
+                tracks[m] = {n: z[n] for n in names}
+                seconds[m] = float(z["__seconds__"])
+        else:
+            todo.append(m)
+    for name in names if todo else []:
         _, blocks = stream_audio(folder / name)
         wave = np.concatenate(list(blocks))
-        for m in methods:
+        for m in todo:
             start = time.perf_counter()
             tracks[m][name] = method_track(tagger, wave, m, scorers)
             seconds[m] += time.perf_counter() - start
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        for m in todo:
+            np.savez(cache / f"{m}.npz", __seconds__=seconds[m], **tracks[m])
     return tracks, seconds
 
 
@@ -224,10 +241,15 @@ def evaluate(
     test_files: int = 12,
     minutes: float = 3.0,
     seed: int = 0,
+    cache: str | Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Tune on the tuning split, report on the test split; returns the results document."""
+    """Tune on the tuning split, report on the test split; returns the results document.
+
+    ``cache``: a folder keeping the score tracks (per split and method) between runs.
+    """
     data = Path(data)
-    tagger = load_tagger(checkpoint)
+    tagger = load_tagger(checkpoint, device)
     labels = tagger.class_names
     splits = {"tune": (tune_files, 0), "test": (test_files, 1)}
     out: dict[str, Any] = {"checkpoint": str(checkpoint), "hop_s": HOP, "grid": GRID}
@@ -243,7 +265,9 @@ def evaluate(
         if foreign:
             raise ValueError(f"the checkpoint has no class {foreign[:3]}: not a demo-set model")
         start = time.perf_counter()
-        tracks, seconds = score_set(tagger, data / key, methods)
+        tracks, seconds = score_set(
+            tagger, data / key, methods, Path(cache) / key if cache else None
+        )
         print(f"{key}: scored {len(durations)} files in {time.perf_counter() - start:.0f} s")
         sets[key] = (tracks, refs, durations, seconds)
         out[f"{key}_audio_s"] = sum(durations.values())
@@ -293,11 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results document here")
+    ap.add_argument("--cache", help="keep the score tracks in this folder (reused when there)")
+    ap.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
     doc = evaluate(
         args.checkpoint, args.data, args.methods.split(","), args.tune_files, args.test_files,
-        args.minutes, args.seed,
+        args.minutes, args.seed, args.cache, args.device,
     )  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
