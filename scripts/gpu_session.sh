@@ -4,6 +4,8 @@
 #
 #   scripts/gpu_session.sh OUT_DIR          # on the GPU machine, from the project root
 #   scripts/gpu_session.sh OUT_DIR cpu      # the same steps on the CPU at tiny sizes (rehearsal)
+#   STEPS="tune throughput_convnext compile throughput_others" BUDGET=250 scripts/gpu_session.sh OUT
+#                                           # a shorter run: only the named steps
 #
 # OUT_DIR receives session.json (every step's JSON, merged after each step) and logs.tgz (logs,
 # tables, JSON and run directories without checkpoints or data), refreshed after each step.
@@ -23,6 +25,7 @@ rm -rf "$W"
 mkdir -p "$W"
 START=$SECONDS
 PY=${PYTHON:-python3}
+STEPS=${STEPS:-exact tune throughput layers profile e2e_dsc resume compile throughput_nchw e2e_dcls}
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -67,6 +70,9 @@ EOF
 step() {  # step NAME SECONDS COMMAND...: run with min(SECONDS, what is left), log to W/NAME.log
   local name=$1 limit=$(($2 * SCALE))
   shift 2
+  if [[ " $STEPS " != *" $name "* ]]; then
+    return 0  # not one of STEPS
+  fi
   local left=$((BUDGET - (SECONDS - START)))
   if ((left < 20)); then
     echo "$name skipped: ${left}s left" | tee -a "$W/steps.txt"
@@ -87,10 +93,13 @@ git log -1 --format='%H %cI' > "$W/commit.txt" 2>&1
 $PY -c "import torch, triton, timm; print(torch.__version__, torch.version.cuda, triton.__version__, timm.__version__)" \
   > "$W/versions.txt" 2>&1
 # data for the train.py steps, generated on the CPU while the GPU steps run
-( nice -n 10 $PY -m dcls_audio.data.synthetic --out "$W/syn" --train $NTRAIN --eval $NEVAL \
-  && nice -n 10 $PY -m dcls_audio.data.synthetic --out "$W/syn_small" --train $NRESUME \
-    --eval $NEVAL ) > "$W/synthetic.log" 2>&1 &
-SYN_PID=$!
+SYN_PID=
+if [[ " $STEPS " == *" e2e_"* || " $STEPS " == *" resume "* ]]; then
+  ( nice -n 10 $PY -m dcls_audio.data.synthetic --out "$W/syn" --train $NTRAIN --eval $NEVAL \
+    && nice -n 10 $PY -m dcls_audio.data.synthetic --out "$W/syn_small" --train $NRESUME \
+      --eval $NEVAL ) > "$W/synthetic.log" 2>&1 &
+  SYN_PID=$!
+fi
 
 # 1. the Triton kernels on the GPU against float64 (every case, fp32 and bf16; default blocks)
 step exact 60 env DCLS_TRITON_TUNE=0 $PY -m pytest -q -s -p no:cacheprovider \
@@ -108,13 +117,17 @@ fi
 step throughput 170 $PY -m dcls_audio.benchmarks.throughput --device $DEV --models $MODELS \
   --convs dsc,dcls_gauss --mode both --dtype $DTYPE --batch-size $B --iters $ITERS --warmup $WARM \
   --repeats $REPS --json "$W/throughput.json" --markdown "$W/throughput.md"
+# (STEPS: ConvNeXt-T alone first, the other two models after the compile step)
+step throughput_convnext 60 $PY -m dcls_audio.benchmarks.throughput --device $DEV --models $BIG \
+  --convs dsc,dcls_gauss --mode both --dtype $DTYPE --batch-size $B --iters $ITERS --warmup $WARM \
+  --repeats $REPS --json "$W/throughput_convnext.json" --markdown "$W/throughput_convnext.md"
 # 4. per-layer table per ConvNeXt-T stage (all paths, fwd and fwd+bwd, chosen path, error)
 step layers 60 $PY -m dcls_audio.benchmarks.cuda_layers --device $DEV --batch $B \
   --channels-div $DIV --dtypes $DTYPES --repeats $REPEATS --json "$W/layers.json"
 # 5. where a DCLS step spends its time (and a DSC step's, for comparison)
 step profile 45 $PY -m dcls_audio.benchmarks.gpu_session profile --device $DEV --model $BIG \
   --convs dcls_gauss,dsc --batch $B --out-dir "$W/profile"
-wait $SYN_PID
+[ -n "$SYN_PID" ] && wait $SYN_PID
 # 6. end to end through the real data path (DSC): steady rate after each epoch's first window
 TRAIN="data=synthetic model=$BIG trainer.device=$DEV trainer.batch_size=$TB
   trainer.global_batch_size=$TB trainer.warmup_epochs=0 wandb.mode=disabled"
@@ -130,6 +143,10 @@ step resume 90 $PY -m dcls_audio.benchmarks.gpu_session resume --work "$W/resume
 step compile 100 $PY -m dcls_audio.benchmarks.gpu_session compile --device $DEV --model $BIG \
   --convs dcls_gauss,dsc --batch $B --backend $BACKEND --iters $ITERS --repeats $REPS \
   --json "$W/compile.json"
+step throughput_others 120 $PY -m dcls_audio.benchmarks.throughput --device $DEV \
+  --models ${MODELS#$BIG,} --convs dsc,dcls_gauss --mode both --dtype $DTYPE --batch-size $B \
+  --iters $ITERS --warmup $WARM --repeats $REPS --json "$W/throughput_others.json" \
+  --markdown "$W/throughput_others.md"
 # 9. ConvNeXt-T in the trainer's layout (NCHW): the model-only rate item 5 compares with
 step throughput_nchw 45 $PY -m dcls_audio.benchmarks.throughput --device $DEV --models $BIG \
   --convs dsc,dcls_gauss --mode both --dtype $DTYPE --batch-size $B --iters $ITERS \
@@ -138,7 +155,8 @@ step throughput_nchw 45 $PY -m dcls_audio.benchmarks.throughput --device $DEV --
 step e2e_dcls 45 $PY train.py $TRAIN data.root="$W/syn" conv=dcls_gauss trainer.epochs=1 \
   trainer.max_eval_samples=$NEVAL data.num_workers=$WORKERS trainer.log_every=$LOG \
   hydra.run.dir="$W/e2e_dcls"
-$PY -m dcls_audio.benchmarks.gpu_session runs --rate "$W/e2e_dsc" "$W/e2e_dcls" \
+RUNS=$(for d in "$W"/e2e_*/; do [ -f "$d/metrics.jsonl" ] && echo "$d"; done)
+[ -n "$RUNS" ] && $PY -m dcls_audio.benchmarks.gpu_session runs --rate $RUNS \
   --json "$W/runs.json" > "$W/runs.log" 2>&1
 echo "total $((SECONDS - START)) s" | tee -a "$W/steps.txt"
 pack

@@ -153,7 +153,8 @@ def _compile(kind: str, dtype: str, cfg: dict, arch: int, kw: int = 23):
     prec = "tf32x3" if dtype == "fp32" else None
     bwi = tk.window(cfg["BW"], kw)
     if kind == "fwd":
-        fn, runtime = tk._fwd_kernel, tk._FWD_RUNTIME
+        fn = tk._fwd_rows_kernel if cfg.get("R", 1) == 4 else tk._fwd_kernel
+        runtime = tk._FWD_RUNTIME
         sig = {"x_ptr": f"*{dtype}", "t_ptr": f"*{dtype}", "b_ptr": "*fp32", "y_ptr": f"*{dtype}"}
         consts = {"BF16_BITS": False, "PREC": prec, "TOEP": bool(cfg["TOEP"]), "BM": cfg["BM"]}
     else:

@@ -84,4 +84,5 @@ def test_candidates_are_distinct_and_well_formed():
     ):
         assert len({tuple(sorted(c.items())) for c in candidates}) == len(candidates)
         for c in candidates:
-            assert set(c) == keys and c["BW"] >= 16 and c["num_warps"] in (4, 8)
+            assert set(c) - {"R"} == keys and c["BW"] >= 16 and c["num_warps"] in (4, 8)
+            assert c.get("R", 1) in (1, 4)

@@ -76,6 +76,11 @@ def errors(case, dtype, param_dtype=None, device="cpu", fwd=None, wgrad=None) ->
     finally:
         tuning.FWD_DEFAULT, tuning.WGRAD_DEFAULT = defaults
     dtypes_ok = y.dtype == grads[0].dtype == dtype and grads[1].dtype == kernel.dtype
+    if x.dim() == 4:  # the output and input gradient come back in the input's layout
+        fmt = torch.channels_last if case[0] == "cl" else torch.contiguous_format
+        dtypes_ok &= y.is_contiguous(memory_format=fmt) and grads[0].is_contiguous(
+            memory_format=fmt
+        )
     out = {"dtype_ok": float(dtypes_ok and grads[2].dtype == bias.dtype)}
     for name, a, b in zip(("y", "dx", "dw", "db"), (y, *grads), (y_ref, *grads_ref), strict=True):
         out[name] = ((a.double() - b).abs().max() / b.abs().max()).item()

@@ -60,13 +60,37 @@ def tune(device: str, batch: int, dtype: str, channels_div: int, out: str, confi
         y = dwconv.run_path("triton", x, kernel, None, pads)
         y.backward(torch.randn_like(y))
         _sync(x.device)
-        doc["rows"].append({"input": [batch, c, h, w], "seconds": time.perf_counter() - start})
+        row = {"input": [batch, c, h, w], "seconds": time.perf_counter() - start}
+        row["max_rel_err"] = _errors(x.detach(), kernel.detach(), pads)
+        doc["rows"].append(row)
         doc["tuned"], doc["timings"] = tuning.TUNED, tuning.TIMINGS
         _write(out, doc)
     tuning.save(configs)
     for key, cfg in tuning.TUNED.items():
         print(f"{key}: {cfg}")
     return doc
+
+
+def _errors(x: torch.Tensor, kernel: torch.Tensor, pads: Any, k: int = 4) -> dict:
+    """The tuned Triton path at this batch size against float64 on its first ``k`` samples
+    (the output gradient is zero beyond them, so the kernel gradient is theirs alone)."""
+    import torch.nn.functional as F
+
+    from dcls_audio.dcls import dwconv
+
+    ins = [t.clone().requires_grad_() for t in (x, kernel)]
+    y = dwconv.run_path("triton", *ins, None, pads)
+    g = torch.zeros_like(y)
+    g[:k] = torch.randn_like(y[:k])
+    dx, dw = torch.autograd.grad(y, ins, g)
+    refs = [x[:k].double().requires_grad_(), kernel.double().requires_grad_()]
+    flat = [v for lr in reversed(pads) for v in lr]
+    y_ref = F.conv2d(F.pad(refs[0], flat), refs[1], groups=kernel.shape[0])
+    ref_outs = (y_ref, *torch.autograd.grad(y_ref, refs, g[:k].double()))
+    return {
+        name: ((a.double() - b).abs().max() / b.abs().max()).item()
+        for name, a, b in zip(("y", "dx", "dw"), (y[:k], dx[:k], dw), ref_outs, strict=True)
+    }
 
 
 def _top(prof: Any, steps: int, cuda: bool, limit: int = 40) -> list[dict]:

@@ -195,22 +195,36 @@ def _out_hw(x: Tensor, kernel: Tensor, pads: Sequence[int]) -> tuple[int, int]:
     return h + top + bottom - kh + 1, w + left + right - kw + 1
 
 
+def _channels_last(x: Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _like_input(y: Tensor, channels_last: bool) -> Tensor:
+    """The kernels' NCHW result in the input's layout (a channels_last model stays so)."""
+    if not channels_last:
+        return y
+    from .triton_layout import channels_last_like
+
+    return channels_last_like(y)
+
+
 def _triton_forward(x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Sequence[int]):
-    """Output, the aligned input buffer and the kernel in the input's dtype."""
+    """Output (in ``x``'s layout), the aligned input buffer and the kernel in ``x``'s dtype."""
     from . import triton_dwconv as tk
 
     top, _, left, _ = pads
     weight = kernel.to(x.dtype).contiguous()
     aligned = tk.align(x, left)
     y = tk.dw_forward(x, weight, bias, top, left, _out_hw(x, kernel, pads), aligned)
-    return y, aligned, weight
+    return _like_input(y, _channels_last(x)), aligned, weight
 
 
 def _triton_backward(
     grad: Tensor, aligned: tuple, weight: Tensor, pads: Sequence[int], kernel_dtype: torch.dtype,
-    needs_input: bool, needs_kernel: bool,
+    needs_input: bool, needs_kernel: bool, channels_last: bool = False,
 ) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
-    """Input and kernel gradients (None where not needed) from the saved aligned input."""
+    """Input and kernel gradients (None where not needed) from the saved aligned input; the
+    input gradient in channels_last when the input was."""
     from . import triton_dwconv as tk
 
     top, _, left, _ = pads
@@ -219,7 +233,7 @@ def _triton_backward(
     gx = gk = None
     if needs_input:
         in_hw = (aligned[0].shape[-2], _in_width(grad, weight, pads))
-        gx = tk.dw_input_grad(grad, weight, top, left, in_hw, ga)
+        gx = _like_input(tk.dw_input_grad(grad, weight, top, left, in_hw, ga), channels_last)
     if needs_kernel:
         gk = tk.dw_weight_grad(None, grad, (kh, kw), top, left, aligned, ga).to(kernel_dtype)
     return gx, gk
@@ -239,7 +253,7 @@ class _TritonDepthwise(torch.autograd.Function):
     def forward(ctx, x: Tensor, kernel: Tensor, bias: Tensor | None, pads: tuple) -> Tensor:
         y, aligned, weight = _triton_forward(x, kernel, bias, pads)
         ctx.save_for_backward(aligned[0], weight)
-        ctx.aligned = aligned[1:]
+        ctx.aligned, ctx.channels_last = aligned[1:], _channels_last(x)
         ctx.kernel_dtype, ctx.pads = kernel.dtype, pads
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y
@@ -249,8 +263,9 @@ class _TritonDepthwise(torch.autograd.Function):
         xa, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
         gx, gk = _triton_backward(
-            grad, (xa, *ctx.aligned), weight, ctx.pads, ctx.kernel_dtype, needs[0], needs[1]
-        )
+            grad, (xa, *ctx.aligned), weight, ctx.pads, ctx.kernel_dtype, needs[0], needs[1],
+            ctx.channels_last,
+        )  # fmt: skip
         gb = _bias_grad(grad, ctx.bias_dtype) if ctx.bias_dtype and needs[2] else None
         return gx, gk, gb, None
 
@@ -263,9 +278,14 @@ def triton_depthwise_op(
     return _triton_forward(x, kernel, bias, pads)[0]
 
 
+def _empty(like: Tensor, shape: Sequence[int], channels_last: bool) -> Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
 @triton_depthwise_op.register_fake
 def _(x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Sequence[int]) -> Tensor:
-    return x.new_empty((*x.shape[:2], *_out_hw(x, kernel, pads)))
+    return _empty(x, (*x.shape[:2], *_out_hw(x, kernel, pads)), _channels_last(x))
 
 
 @torch.library.custom_op("dcls_audio::triton_depthwise_conv2d_backward", mutates_args=())
@@ -279,14 +299,14 @@ def triton_depthwise_backward_op(
     weight = kernel.to(x.dtype).contiguous()
     aligned = tk.align(x, pads[2])
     gx, gk = _triton_backward(
-        grad.contiguous(), aligned, weight, pads, kernel.dtype, needs_input, needs_kernel
+        grad, aligned, weight, pads, kernel.dtype, needs_input, needs_kernel, _channels_last(x)
     )
     return (x.new_empty(0) if gx is None else gx), (kernel.new_empty(0) if gk is None else gk)
 
 
 @triton_depthwise_backward_op.register_fake
 def _(grad, x, kernel, pads, needs_input, needs_kernel):
-    gx = x.new_empty(x.shape if needs_input else (0,))
+    gx = _empty(x, x.shape, _channels_last(x)) if needs_input else x.new_empty(0)
     return gx, kernel.new_empty(kernel.shape if needs_kernel else (0,))
 
 

@@ -29,9 +29,34 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .triton_layout import relayout
+
 __all__ = ["align", "dw_forward", "dw_input_grad", "dw_weight_grad"]
 
 _FWD_RUNTIME = ["ROWS", "H", "OH", "OW", "C", "KH", "KW", "TOP", "SHIFT8", "PITCH8", "HAS_BIAS"]
+
+
+@triton.jit
+def _band(t_ptr, c, i, KH, KW, a, b, TOEP: tl.constexpr, BW: tl.constexpr, BWI: tl.constexpr):
+    # The (BWI x BW) Toeplitz matrix T[a, b] = w[i, a - b] of kernel row i (zero when i is not
+    # a kernel row): a tile of the precomputed (C, KH, BWI, BW) blocks, or gathered from the
+    # (C, KH, KW) kernel.
+    ok = (i >= 0) & (i < KH)
+    row = c * KH + tl.minimum(tl.maximum(i, 0), KH - 1)
+    if TOEP:
+        return tl.load(t_ptr + (row * BWI + a[:, None]) * BW + b[None, :], mask=ok, other=0.0)
+    diag = a[:, None] - b[None, :]
+    return tl.load(t_ptr + row * KW + diag, mask=ok & (diag >= 0) & (diag < KW), other=0.0)
+
+
+@triton.jit
+def _store(y_ptr, offsets, acc, mask, BF16_BITS: tl.constexpr):
+    if BF16_BITS:  # round to nearest even on the bits: the interpreter's cast truncates
+        bits = acc.to(tl.uint32, bitcast=True)
+        bits += 0x7FFF + ((bits >> 16) & 1)
+        tl.store(y_ptr + offsets, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask)
+    else:
+        tl.store(y_ptr + offsets, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=_FWD_RUNTIME)
@@ -41,8 +66,8 @@ def _fwd_kernel(
     BM: tl.constexpr, BW: tl.constexpr, BWI: tl.constexpr,
 ):  # fmt: skip
     # One kernel row i at a time as a matrix product: (BM x BWI) input rows times the (BWI x BW)
-    # Toeplitz matrix T[a, b] = w[i, a - b] of that row. x is the aligned buffer: column
-    # ``ow - left + j`` of the input sits at ``ow - SHIFT + j`` there, zeros around it.
+    # Toeplitz matrix of that row. x is the aligned buffer: column ``ow - left + j`` of the
+    # input sits at ``ow - SHIFT + j`` there, zeros around it.
     c = tl.program_id(1)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)  # flattened (batch, output row)
     n = rows // OH
@@ -59,29 +84,70 @@ def _fwd_kernel(
     oh_max = tl.max(tl.where(row_ok, oh, 0), axis=0)
     i_lo = tl.maximum(TOP - oh_max, 0)  # kernel rows that meet a real input row
     i_hi = tl.minimum(H + TOP - oh_min, KH)
-    diag = a[:, None] - b[None, :]
     acc = tl.zeros((BM, BW), dtype=tl.float32)
     for i in range(i_lo, i_hi):
         ih = oh - TOP + i
         mask = (row_ok & (ih >= 0) & (ih < H))[:, None] & col_ok
         xs = tl.load(x_ptr + (x_rows + i)[:, None] * pitch + col[None, :], mask=mask, other=0.0)
-        if TOEP:  # precomputed (C, KH, BWI, BW) Toeplitz blocks: one aligned tile load
-            toeplitz = tl.load(t_ptr + ((c * KH + i) * BWI + a[:, None]) * BW + b[None, :])
-        else:  # gathered from the (C, KH, KW) kernel
-            t_ok = (diag >= 0) & (diag < KW)
-            toeplitz = tl.load(t_ptr + (c * KH + i) * KW + diag, mask=t_ok, other=0.0)
-        acc = tl.dot(xs, toeplitz, acc, input_precision=PREC)
+        band = _band(t_ptr, c, i, KH, KW, a, b, TOEP, BW, BWI)
+        acc = tl.dot(xs, band, acc, input_precision=PREC)
     if HAS_BIAS:
         acc += tl.load(b_ptr + c)
     ow = ow0 + b
-    out = row_ok[:, None] & (ow < OW)[None, :]
     y_off = ((n * C + c).to(tl.int64) * OH + oh)[:, None] * OW + ow[None, :]
-    if BF16_BITS:  # round to nearest even on the bits: the interpreter's cast truncates
-        bits = acc.to(tl.uint32, bitcast=True)
-        bits += 0x7FFF + ((bits >> 16) & 1)
-        tl.store(y_ptr + y_off, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), out)
-    else:
-        tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=out)
+    _store(y_ptr, y_off, acc, row_ok[:, None] & (ow < OW)[None, :], BF16_BITS)
+
+
+@triton.jit(do_not_specialize=_FWD_RUNTIME)
+def _fwd_rows_kernel(
+    x_ptr, t_ptr, b_ptr, y_ptr, ROWS, H, OH, OW, C, KH, KW, TOP, SHIFT8, PITCH8, HAS_BIAS,
+    BF16_BITS: tl.constexpr, PREC: tl.constexpr, TOEP: tl.constexpr,
+    BM: tl.constexpr, BW: tl.constexpr, BWI: tl.constexpr,
+):  # fmt: skip
+    # Four output rows oh0..oh0+3 of BM batch items at once (ROWS: the batch size): every input
+    # row r is loaded once and serves the four (kernel row r - oh + top), instead of once per
+    # (output row, kernel row).
+    row_blocks = tl.cdiv(OH, 4)
+    oh0 = (tl.program_id(0) % row_blocks) * 4
+    n = (tl.program_id(0) // row_blocks) * BM + tl.arange(0, BM)
+    n_ok = n < ROWS
+    c = tl.program_id(1)
+    pitch = PITCH8 * 8
+    ow0 = tl.program_id(2) * BW
+    a = tl.arange(0, BWI)
+    b = tl.arange(0, BW)
+    col = ow0 - SHIFT8 * 8 + a
+    mask = n_ok[:, None] & ((col >= 0) & (col < pitch))[None, :]
+    planes = (n * C + c).to(tl.int64)
+    acc0 = tl.zeros((BM, BW), dtype=tl.float32)
+    acc1 = tl.zeros((BM, BW), dtype=tl.float32)
+    acc2 = tl.zeros((BM, BW), dtype=tl.float32)
+    acc3 = tl.zeros((BM, BW), dtype=tl.float32)
+    for r in range(tl.maximum(oh0 - TOP, 0), tl.minimum(oh0 + 3 - TOP + KH, H)):
+        xs = tl.load(x_ptr + (planes * H + r)[:, None] * pitch + col[None, :], mask=mask, other=0.0)
+        i = r - oh0 + TOP  # kernel row of output row oh0 (of oh0 + k: i - k)
+        band = _band(t_ptr, c, i, KH, KW, a, b, TOEP, BW, BWI)
+        acc0 = tl.dot(xs, band, acc0, input_precision=PREC)
+        band = _band(t_ptr, c, i - 1, KH, KW, a, b, TOEP, BW, BWI)
+        acc1 = tl.dot(xs, band, acc1, input_precision=PREC)
+        band = _band(t_ptr, c, i - 2, KH, KW, a, b, TOEP, BW, BWI)
+        acc2 = tl.dot(xs, band, acc2, input_precision=PREC)
+        band = _band(t_ptr, c, i - 3, KH, KW, a, b, TOEP, BW, BWI)
+        acc3 = tl.dot(xs, band, acc3, input_precision=PREC)
+    bias = tl.load(b_ptr + c * HAS_BIAS)  # no bias: a zero at index 0
+    ow = ow0 + b
+    ok = n_ok[:, None] & (ow < OW)[None, :]
+    rows = planes * OH + oh0
+    _store(y_ptr, rows[:, None] * OW + ow[None, :], acc0 + bias, ok, BF16_BITS)
+    _store(
+        y_ptr, (rows + 1)[:, None] * OW + ow[None, :], acc1 + bias, ok & (oh0 + 1 < OH), BF16_BITS
+    )
+    _store(
+        y_ptr, (rows + 2)[:, None] * OW + ow[None, :], acc2 + bias, ok & (oh0 + 2 < OH), BF16_BITS
+    )
+    _store(
+        y_ptr, (rows + 3)[:, None] * OW + ow[None, :], acc3 + bias, ok & (oh0 + 3 < OH), BF16_BITS
+    )
 
 
 _WGRAD_RUNTIME = ["ROWS", "H", "OH", "OW", "C", "TOP", "SHIFT8", "XP8", "GOFF", "GP8", "ROWS_PER"]
@@ -148,12 +214,7 @@ def align(x: Tensor, left: int) -> tuple[Tensor, int, int]:
     if off == 0 and pitch == w and x.is_contiguous():
         return x, off, pitch
     buf = torch.empty((n, c, h, pitch), device=x.device, dtype=x.dtype)
-    if off:
-        buf[..., :off].zero_()
-    if pitch > off + w:
-        buf[..., off + w :].zero_()
-    buf[..., off : off + w].copy_(x)
-    return buf, off, pitch
+    return relayout(x, buf, off), off, pitch  # one launch, any layout of x
 
 
 @functools.cache
@@ -193,9 +254,14 @@ def launch_forward(
     t = toeplitz(weight, bw, bwi) if cfg["TOEP"] else weight
     y = torch.empty((n, c, oh, ow), device=xa.device, dtype=xa.dtype)
     b = _no_bias(xa.device) if bias is None else bias.float()
-    grid = (triton.cdiv(n * oh, bm), c, triton.cdiv(ow, bw))
-    _fwd_kernel[grid](
-        xa, t, b, y, n * oh, h, oh, ow, c, kh, kw, top, shift // 8, pitch // 8,
+    if cfg.get("R", 1) == 4:  # four output rows of BM batch items per program
+        kernel, rows = _fwd_rows_kernel, n
+        grid = (triton.cdiv(n, bm) * triton.cdiv(oh, 4), c, triton.cdiv(ow, bw))
+    else:
+        kernel, rows = _fwd_kernel, n * oh
+        grid = (triton.cdiv(n * oh, bm), c, triton.cdiv(ow, bw))
+    kernel[grid](
+        xa, t, b, y, rows, h, oh, ow, c, kh, kw, top, shift // 8, pitch // 8,
         int(bias is not None),
         BF16_BITS=_INTERPRETED and xa.dtype == torch.bfloat16, PREC=_precision(xa.dtype),
         TOEP=bool(cfg["TOEP"]), BM=bm, BW=bw, BWI=bwi, num_warps=cfg["num_warps"],

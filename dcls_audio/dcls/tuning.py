@@ -36,8 +36,9 @@ __all__ = [
 ]
 
 
-def _fwd(bm: int, bw: int, toep: int, warps: int, stages: int) -> dict:
-    return {"BM": bm, "BW": bw, "TOEP": toep, "num_warps": warps, "num_stages": stages}
+def _fwd(bm: int, bw: int, toep: int, warps: int, stages: int, r: int = 1) -> dict:
+    cfg = {"BM": bm, "BW": bw, "TOEP": toep, "num_warps": warps, "num_stages": stages}
+    return cfg | ({"R": r} if r != 1 else {})  # R 4: four output rows of BM batch items
 
 
 def _wgrad(br: int, bw: int, programs: int, warps: int, stages: int) -> dict:
@@ -60,6 +61,12 @@ FWD_CANDIDATES = [
     _fwd(64, 16, 1, 4, 1),
     _fwd(128, 16, 1, 4, 1),
     _fwd(256, 16, 1, 8, 1),
+    _fwd(128, 16, 0, 4, 1),
+    _fwd(64, 32, 0, 4, 1, r=4),
+    _fwd(64, 32, 1, 4, 1, r=4),
+    _fwd(64, 32, 0, 4, 2, r=4),
+    _fwd(64, 16, 0, 4, 1, r=4),
+    _fwd(64, 16, 1, 4, 1, r=4),
 ]
 WGRAD_DEFAULT = _wgrad(64, 32, 4096, 4, 1)
 WGRAD_CANDIDATES = [
@@ -154,27 +161,44 @@ def _config(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in ("ms", "timed")}
 
 
+_DECIDED: dict[tuple, dict] = {}  # shape tuple -> TUNED entry, without building the key
+
+
+def _decided(fast: tuple, key: str, cfg: dict) -> dict:
+    if key in TUNED:
+        _DECIDED[fast] = cfg
+    return cfg
+
+
 def forward_config(
     xa: Tensor, weight: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int],
     run: Callable[[dict], object],
 ) -> dict:  # fmt: skip
     """The block configuration of the forward kernel for this shape (timed on first use)."""
+    fast = ("fwd", xa.shape, weight.shape, in_hw, out_hw, xa.dtype, xa.device)
+    if fast in _DECIDED:
+        return _DECIDED[fast]
     n, c = xa.shape[:2]
     kh, kw = weight.shape[-2:]
     shape = (n, c, *in_hw, *out_hw, kh, kw)
     rows = n * out_hw[0]
 
     def valid(cfg: dict) -> bool:  # no block far larger than the work it covers
-        return cfg["BM"] <= max(32, 2 * rows) and cfg["BW"] <= max(16, 2 * out_hw[1])
+        m = n if cfg.get("R", 1) == 4 else rows  # the rows variant's M: batch items
+        return cfg["BM"] <= max(32, 2 * m) and cfg["BW"] <= max(16, 2 * out_hw[1])
 
     key = _key("fwd", shape, xa.dtype, xa.device)
-    return _config(_choose(key, FWD_DEFAULT, FWD_CANDIDATES, run, xa.device, valid))
+    cfg = _config(_choose(key, FWD_DEFAULT, FWD_CANDIDATES, run, xa.device, valid))
+    return _decided(fast, key, cfg)
 
 
 def weight_grad_config(
     xa: Tensor, kernel_hw: tuple[int, int], out_hw: tuple[int, int], run: Callable[[dict], object]
 ) -> dict:
     """The block configuration of the weight-gradient kernel for this shape."""
+    fast = ("wgrad", xa.shape, kernel_hw, out_hw, xa.dtype, xa.device)
+    if fast in _DECIDED:
+        return _DECIDED[fast]
     n, c = xa.shape[:2]
     shape = (n, c, xa.shape[2], *out_hw, *kernel_hw)
 
@@ -182,7 +206,8 @@ def weight_grad_config(
         return cfg["BW"] <= max(16, 2 * out_hw[1])
 
     key = _key("wgrad", shape, xa.dtype, xa.device)
-    return _config(_choose(key, WGRAD_DEFAULT, WGRAD_CANDIDATES, run, xa.device, valid))
+    cfg = _config(_choose(key, WGRAD_DEFAULT, WGRAD_CANDIDATES, run, xa.device, valid))
+    return _decided(fast, key, cfg)
 
 
 def save(path: str | Path) -> None:
@@ -197,6 +222,7 @@ def load(path: str | Path) -> int:
     """Read earlier choices into :data:`TUNED`; returns how many were read."""
     entries = json.loads(Path(path).read_text())
     TUNED.update(entries)
+    _DECIDED.clear()
     return len(entries)
 
 
