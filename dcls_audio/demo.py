@@ -92,8 +92,7 @@ def demo_config(conv: str, data_root: str | Path, seed: int, overrides: Sequence
 def demo_datasets(cfg: Any) -> tuple[Any, Any]:
     """Eval-mode (train split, eval split) datasets of a demo config, for the probe."""
     from dcls_audio.data import SAMPLE_RATE, AudioSetHDF5
-    from dcls_audio.data.loaders import resolve_data_files
-    from dcls_audio.data.options import resolve_classes
+    from dcls_audio.train.loaders import resolve_classes, resolve_data_files
 
     files = [resolve_data_files(cfg.data, key) for key in ("train_files", "eval_files")]
     resolve_classes(cfg, files)  # data.num_classes null: the class list's length

@@ -69,10 +69,10 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Metrics of one checkpoint over ``eval_files`` (each clip once, any world size)."""
     from dcls_audio.data import AudioSetHDF5, LogMelFrontend
-    from dcls_audio.data.options import saved_clip_and_task
     from dcls_audio.models.checkpoint import load_model
     from dcls_audio.train.distributed import distributed_session, pick_device, resolve_env
     from dcls_audio.train.evaluate import ShardedEvalSampler, predict
+    from dcls_audio.train.loaders import saved_clip_and_task
     from dcls_audio.train.preempt import loader_worker_init
     from dcls_audio.train.tasks import build_task
 

@@ -79,10 +79,10 @@ def write_teacher_logits(
     from tqdm import tqdm
 
     from dcls_audio.data import AudioSetHDF5, LogMelFrontend
-    from dcls_audio.data.options import saved_clip_and_task
     from dcls_audio.models.checkpoint import load_model
     from dcls_audio.train.distributed import barrier, distributed_session, pick_device, resolve_env
     from dcls_audio.train.evaluate import ShardedEvalSampler, predict
+    from dcls_audio.train.loaders import saved_clip_and_task
 
     if batch_size < 1 or block < 1:
         raise ValueError(f"--batch-size and --block must be >= 1, got {batch_size}, {block}")

@@ -10,7 +10,7 @@ import torch
 import torchaudio.functional as AF
 
 from dcls_audio.data import pack_custom as pc
-from dcls_audio.data.labels import read_class_index, write_class_index
+from dcls_audio.data.labels import read_class_index, read_packed_classes, write_class_index
 from dcls_audio.data.pack import main as pack_main
 from dcls_audio.data.waveform import float_to_int16, pad_or_truncate
 
@@ -86,7 +86,7 @@ def test_csv_round_trip_labels_folds_rates_channels_lengths(corpus):
         assert np.all(f["waveform"][1, 3 * SR + 10 :] == 0)  # 3 s clip padded with zeros
     classes = read_class_index(pc.classes_csv_path(out))
     assert classes.names == ["bird", "cat", "dog"]
-    assert pc.read_packed_classes(out).names == ["bird", "cat", "dog"]
+    assert read_packed_classes(out).names == ["bird", "cat", "dog"]
 
 
 def test_given_class_list_by_name_mid_or_index_and_unknown_label_named(corpus, tmp_path):

@@ -6,8 +6,8 @@ from conftest import cfgs
 
 from dcls_audio.config import compose_config
 from dcls_audio.dcls import is_dcls_position
-from dcls_audio.finetune import build_run_optimizer, freeze_backbone, layer_ids
 from dcls_audio.models import build_model
+from dcls_audio.train.finetune import build_run_optimizer, freeze_backbone, layer_ids
 from dcls_audio.train.optim import build_optimizer
 
 

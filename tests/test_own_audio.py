@@ -12,12 +12,11 @@ from omegaconf import OmegaConf
 
 from dcls_audio import aggregate
 from dcls_audio.config import compose_config
-from dcls_audio.data.loaders import build_loaders, resolve_data_files
-from dcls_audio.data.options import resolve_classes
 from dcls_audio.data.pack_custom import pack_custom
 from dcls_audio.models import build_model
 from dcls_audio.tag import load_tagger, tag_file
 from dcls_audio.train import run
+from dcls_audio.train.loaders import build_loaders, resolve_classes, resolve_data_files
 
 CLASSES = ("low", "mid", "high")
 FREQ = {"low": 300.0, "mid": 1500.0, "high": 6000.0}

@@ -187,7 +187,7 @@ def test_missing_data_path_says_how_to_create_it(tmp_path):
 
 
 def test_data_globs_expand(data_root, tmp_path):
-    from dcls_audio.data.loaders import resolve_data_files
+    from dcls_audio.train.loaders import resolve_data_files
 
     cfg = make_cfg(data_root, f"data.train_files=[{data_root}/*.h5]")
     files = resolve_data_files(cfg.data, "train_files")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+import h5py
 
 AUDIOSET_LABELS_NAME = "class_labels_indices.csv"
 
@@ -70,3 +73,13 @@ def write_class_index(path: str | Path, mids: list[str], names: list[str]) -> No
 
     rows = [f'{i},{mid},"{name}"\n' for i, (mid, name) in enumerate(zip(mids, names, strict=True))]
     write_text(path, "index,mid,display_name\n" + "".join(rows))
+
+
+def read_packed_classes(path: str | os.PathLike) -> ClassIndex | None:
+    """The class list stored in a packed file, or None when it stores none (AudioSet packs)."""
+    with h5py.File(path, "r") as f:
+        if "class_names" not in f:
+            return None
+        names = [str(s) for s in f["class_names"].asstr()[()]]
+        mids = [str(s) for s in f["class_mids"].asstr()[()]] if "class_mids" in f else names
+    return ClassIndex(mids=mids, names=names)

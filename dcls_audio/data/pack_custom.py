@@ -280,13 +280,3 @@ def pack_custom(
         len(report["unlabelled"]), out.name + ".report.json",
     )  # fmt: skip
     return report
-
-
-def read_packed_classes(path: str | os.PathLike) -> ClassIndex | None:
-    """The class list stored in a packed file, or None when it stores none (AudioSet packs)."""
-    with h5py.File(path, "r") as f:
-        if "class_names" not in f:
-            return None
-        names = [str(s) for s in f["class_names"].asstr()[()]]
-        mids = [str(s) for s in f["class_mids"].asstr()[()]] if "class_mids" in f else names
-    return ClassIndex(mids=mids, names=names)

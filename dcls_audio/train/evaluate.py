@@ -12,45 +12,22 @@ cannot dead-lock; the collectives come after it (the final `all_gather_object`, 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
+from dcls_audio.data.sampling import ShardedEvalSampler
 from dcls_audio.train.preempt import batches
+
+__all__ = ["EvaluationStopped", "ShardedEvalSampler", "predict"]
 
 
 class EvaluationStopped(RuntimeError):
     """A stop signal ended an evaluation early (raised on every rank)."""
-
-
-class ShardedEvalSampler(Sampler[int]):
-    """Contiguous, disjoint, unpadded shard of range(num_samples) for one rank."""
-
-    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        if world_size < 1:
-            raise ValueError(f"world_size must be >= 1, got {world_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        self.num_samples = num_samples
-        self.rank = rank
-        self.world_size = world_size
-        # the first (num_samples % world_size) ranks take one extra clip
-        base, extra = divmod(num_samples, world_size)
-        start = rank * base + min(rank, extra)
-        stop = start + base + (1 if rank < extra else 0)
-        self.indices: list[int] = list(range(start, stop))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 def _dist_world() -> tuple[bool, int]:

@@ -39,8 +39,9 @@ from dcls_audio.train.distributed import (
     wrap_ddp,
 )
 from dcls_audio.train.log import RunLogger, StepLog
-from dcls_audio.train.loop import ModelEma, configure_determinism, fit
+from dcls_audio.train.loop import fit
 from dcls_audio.train.optim import build_scheduler
+from dcls_audio.train.parts import ModelEma, Plan, Recipe, RunIO, Trainee, configure_determinism
 from dcls_audio.train.preempt import Preempted, StopSignal
 
 
@@ -64,8 +65,7 @@ def run(
     ``run_dir`` defaults to Hydra's output directory. ``on_step(step)`` is called after every
     optimizer step (profiling, tests that interrupt a run).
     """
-    from dcls_audio.data.loaders import resolve_data_files
-    from dcls_audio.data.options import resolve_classes
+    from dcls_audio.train.loaders import resolve_classes, resolve_data_files
 
     wall_start = time.time()
     env = resolve_env()
@@ -91,10 +91,9 @@ def _train(
     on_step: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     """Body of `run` inside the process group: build, resume, fit, write results.json."""
-    from dcls_audio.data.loaders import batch_augment, build_loaders
-    from dcls_audio.data.options import resolve_classes
-    from dcls_audio.finetune import build_run_optimizer, freeze_backbone, init_report
     from dcls_audio.models import build_model
+    from dcls_audio.train.finetune import build_run_optimizer, freeze_backbone, init_report
+    from dcls_audio.train.loaders import batch_augment, build_loaders, resolve_classes
     from dcls_audio.train.tasks import build_task, summary_line, write_confusion
 
     tr = cfg.trainer
@@ -183,17 +182,22 @@ def _train(
         global_batch_size=int(tr.global_batch_size), device=device,
     )  # fmt: skip
     stop = StopSignal(device)
+    trainee = Trainee(model=model, ddp_model=ddp_model, ema=ema)
+    recipe = Recipe(
+        frontend=frontend, mixup=mixup, task=task, optimizer=optimizer, scheduler=scheduler,
+        accum_steps=accum, clamp_positions=bool(tr.clamp_positions), amp=amp, device=device,
+    )  # fmt: skip
+    plan = Plan(
+        epochs=epochs, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        eval_every=int(tr.eval_every or 0), seed=seed, rank=env.rank, main=main,
+    )  # fmt: skip
+    io = RunIO(
+        run_dir=out, logger=logger, step_log=step_log, stop=stop, config=config,
+        class_names=names, session_start=wall_start, on_step=on_step,
+    )  # fmt: skip
     try:
         with stop:
-            metrics = fit(
-                model, ddp_model, ema, loaders, frontend, mixup, task.criterion,
-                optimizer, scheduler, state, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                total_steps=total_steps, accum_steps=accum, eval_every=int(tr.eval_every or 0),
-                seed=seed, rank=env.rank, main=main, device=device, amp=amp,
-                clamp_positions=bool(tr.clamp_positions), step_log=step_log, logger=logger,
-                run_dir=out, config=config, class_names=names, session_start=wall_start,
-                stop=stop, epoch_rng=epoch_rng, on_step=on_step, task=task,
-            )  # fmt: skip
+            metrics = fit(trainee, recipe, loaders, plan, io, state, epoch_rng)
         if main:
             doc = results_io.build_results(
                 metrics, params=params, seed=seed, config=config,
