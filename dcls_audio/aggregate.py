@@ -77,6 +77,8 @@ IGNORED_KEYS = (
     "trainer.find_unused_parameters",
     "wandb",
     "hydra",
+    "distill.teacher",  # teachers are told apart by content (results' distill.hash), not path
+    "distill.teacher_logits",
 )
 
 
@@ -159,6 +161,8 @@ def load_groups(paths: list[Path]) -> dict[tuple[str, str, str], Group]:
                 f"config.conv.name, missing {e}"
             ) from e
         settings = experiment_settings(cfg)
+        if res.get("distill", {}).get("mode", "none") != "none":
+            settings["distill.teacher_sha256"] = res["distill"]["hash"]
         fingerprint = repr(sorted(settings.items(), key=lambda kv: kv[0]))
         g = groups.setdefault(
             (*key, fingerprint), Group(*key, label=conv_label(cfg["conv"]), settings=settings)

@@ -34,6 +34,7 @@ INFO_KEYS = (
     "device",
     "class_names",
     "task",
+    "distill",
 )
 # metrics every results.json holds (compute_metrics' keys plus the clip count); multiclass runs
 # (task "multiclass") add dcls_audio.train.tasks.MULTICLASS_KEYS: accuracy, macro_f1,
@@ -123,6 +124,7 @@ def build_results(
     init: Mapping[str, Any] | None = None,
     device: Mapping[str, Any],
     task: str = "multilabel",
+    distill: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The results.json document of a finished run: its metrics, then what describes the run."""
     missing = [k for k in METRIC_KEYS if k not in metrics]
@@ -146,6 +148,7 @@ def build_results(
         "class_names": list(class_names),
         "init": dict(init) if init is not None else {"mode": "none", "pretrained": None},
         "task": str(task),
+        "distill": dict(distill) if distill is not None else {"mode": "none"},
     }
 
 

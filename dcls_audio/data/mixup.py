@@ -25,6 +25,7 @@ class MultiLabelMixup:
         self.label_smoothing = float(label_smoothing)
         self.enabled = bool(enabled)
         self.last_lam: float | None = None
+        self.last_perm: torch.Tensor | None = None  # the pairs of the last batch (distillation)
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> tuple[float, torch.Tensor]:
         """Draw (lam, permutation of range(n)); lam comes from a numpy Beta seeded by torch."""
@@ -42,7 +43,7 @@ class MultiLabelMixup:
         if x.shape[0] != y.shape[0] or y.ndim != 2:
             raise ValueError(f"expected x (N, ...) and y (N, C), found {x.shape} and {y.shape}")
         lam, perm = self.draw(x.shape[0], generator)
-        self.last_lam = lam
+        self.last_lam, self.last_perm = lam, perm
         perm = perm.to(x.device)
         y = y.float() * (1 - self.label_smoothing) + self.label_smoothing / y.shape[1]
         x = x * lam + x[perm] * (1 - lam)

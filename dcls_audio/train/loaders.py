@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, open_dict
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from dcls_audio.data import AudioSetHDF5, LogMelFrontend, MultiLabelMixup, load_class_labels
 from dcls_audio.data.labels import read_packed_classes
@@ -124,6 +124,24 @@ class ResumableSampler(Sampler[int]):
         return max(0, len(self.sampler) - self.start)
 
 
+class WithIndex(Dataset):
+    """A dataset whose items end with their index; every other attribute is the dataset's."""
+
+    def __init__(self, dataset: AudioSetHDF5) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return (*self.dataset[index], index)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling in a worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 @dataclass
 class Loaders:
     """The training loader with its distributed sampler, and the sharded evaluation loader."""
@@ -146,10 +164,12 @@ def build_loaders(
     rank: int,
     world_size: int,
     device: torch.device,
+    with_index: bool = False,
 ) -> Loaders:
     """Training loader (shuffled per epoch, drop_last) and evaluation loader (each clip once).
 
-    The files come from `resolve_data_files` (called before a run creates anything). Workers
+    The files come from `resolve_data_files` (called before a run creates anything).
+    ``with_index``: training items are (waveform, target, index), for stored teacher logits. Workers
     start with `loader_worker_init`: they die with the process and leave stop signals to it.
     """
     num_classes = int(data_cfg.num_classes)
@@ -168,7 +188,8 @@ def build_loaders(
     # its own generator: starting an epoch's iterator must not draw from the global RNG, which
     # a run resumed inside an epoch restores to the draws of the interrupted step (drop path)
     train = DataLoader(
-        train_ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
+        WithIndex(train_ds) if with_index else train_ds, batch_size, sampler=sampler,
+        num_workers=workers, pin_memory=pin,
         drop_last=True, generator=torch.Generator().manual_seed(seed),
         worker_init_fn=loader_worker_init,
     )  # fmt: skip

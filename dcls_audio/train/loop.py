@@ -58,16 +58,20 @@ def train_epoch(
         for _ in range(n_steps):
             step_loss = torch.zeros((), device=device)
             for micro in range(r.accum_steps):
-                waveform, target = next(micro_batches)
+                waveform, target, *index = next(micro_batches)  # index: stored teacher logits
                 waveform = waveform.to(device, non_blocking=True)
                 target = target.to(device, non_blocking=True)
                 with torch.no_grad():
                     spec = r.frontend(waveform, generator=erase_gen)
-                spec, target = r.mixup(spec, target, generator=mix_gen)
+                mixed, target = r.mixup(spec, target, generator=mix_gen)
+                if r.teacher is not None:  # its targets of the unmixed clips, mixed alike
+                    soft = r.teacher.targets(spec, index[0] if index else None, r.mixup)
                 with maybe_no_sync(trainee.ddp_model, sync=micro == r.accum_steps - 1):
                     with autocast(device, r.amp):
-                        logits = trainee.ddp_model(spec)
+                        logits = trainee.ddp_model(mixed)
                     loss = r.task.criterion(logits.float(), target.float())
+                    if r.teacher is not None:
+                        loss = r.teacher.loss(loss, logits.float(), soft)
                     (loss / r.accum_steps).backward()
                 step_loss += loss.detach() / r.accum_steps
             r.optimizer.step()

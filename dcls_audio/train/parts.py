@@ -3,7 +3,7 @@
 - `Trainee`: what is trained (the bare model, the module to call, the EMA copy); the loop
   updates its weights.
 - `Recipe`: how a step is taken (frontend, mixup, task, optimizer, schedule, accumulation,
-  clamping, AMP, device); the loop steps the optimizer and the schedule, nothing else.
+  clamping, AMP, device, teacher); the loop steps the optimizer and the schedule, nothing else.
 - `Plan`: how long and when (epochs, steps, evaluation cadence, seed, rank); never changed.
 - `RunIO`: where the run reports and saves (run dir, logger, step log, stop signal, what a
   checkpoint describes); the loop writes through it.
@@ -27,6 +27,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from dcls_audio.train.distill import Teacher
 from dcls_audio.train.log import RunLogger, StepLog
 from dcls_audio.train.preempt import StopSignal
 from dcls_audio.train.tasks import Task
@@ -130,6 +131,7 @@ class Recipe:
     clamp_positions: bool
     amp: bool
     device: torch.device
+    teacher: Teacher | None = None  # distillation: soft targets mixed into the loss
 
 
 @dataclass(frozen=True)

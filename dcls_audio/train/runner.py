@@ -92,6 +92,7 @@ def _train(
 ) -> dict[str, Any]:
     """Body of `run` inside the process group: build, resume, fit, write results.json."""
     from dcls_audio.models import build_model
+    from dcls_audio.train.distill import DistillConfig, build_teacher, results_entry
     from dcls_audio.train.finetune import build_run_optimizer, freeze_backbone, init_report
     from dcls_audio.train.loaders import batch_augment, build_loaders, resolve_classes
     from dcls_audio.train.tasks import build_task, summary_line, write_confusion
@@ -108,10 +109,12 @@ def _train(
     # A damaged or incompatible last.pt must stop the run before anything else happens.
     saved, changed = ckpt.read_resume(last_path, config)
 
+    distill = DistillConfig.from_config(cfg.distill)
     loaders = build_loaders(
         cfg.data, cfg.augment, *files, batch_size=int(tr.batch_size),
         eval_batch_size=tr.eval_batch_size, max_eval_samples=tr.max_eval_samples, seed=seed,
         rank=env.rank, world_size=env.world_size, device=device,
+        with_index=distill.mode == "stored",
     )  # fmt: skip
     steps_per_epoch = len(loaders.train) // accum
     if steps_per_epoch == 0:
@@ -138,6 +141,8 @@ def _train(
         ckpt.check_space(out, model, ema is not None)
     frontend, mixup = batch_augment(cfg.augment, device)
     task = build_task(cfg.data.task, float(cfg.augment.label_smoothing), mixup)
+    num_classes = int(cfg.data.num_classes)
+    teacher = build_teacher(distill, task.name, num_classes, device, loaders.train.dataset)
 
     wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True)
     logger = RunLogger(out, active=main, wandb_cfg=wandb_cfg, config=config)
@@ -186,6 +191,7 @@ def _train(
     recipe = Recipe(
         frontend=frontend, mixup=mixup, task=task, optimizer=optimizer, scheduler=scheduler,
         accum_steps=accum, clamp_positions=bool(tr.clamp_positions), amp=amp, device=device,
+        teacher=teacher,
     )  # fmt: skip
     plan = Plan(
         epochs=epochs, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
@@ -205,7 +211,7 @@ def _train(
                 train_samples_per_s=state.train_samples / max(state.train_time_s, 1e-9),
                 epochs_trained=state.epoch, steps=state.step, world_size=env.world_size,
                 class_names=names, device=device_info, task=task.name,
-                init=model.build_info["init_record"],
+                init=model.build_info["init_record"], distill=results_entry(distill),
             )  # fmt: skip
             results_io.write_json(results_path, doc)
             if task.name == "multiclass":
