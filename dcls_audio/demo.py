@@ -125,7 +125,7 @@ def run_demo(
     convs: Sequence[str] = CONVS,
 ) -> dict[str, Any]:
     """Generate the set if missing, score the probe, train each conv; returns the summary."""
-    from dcls_audio.data.sounds import make_sounds
+    from dcls_audio.datasets.sounds import make_sounds
     from dcls_audio.models.checkpoint import load_model
     from dcls_audio.plot import plot_compare, plot_curves, plot_positions
     from dcls_audio.runfiles import METRICS_FILE, read_jsonl

@@ -32,7 +32,7 @@ from torch import nn
 
 from dcls_audio.data.stream import AudioReadError, stream_audio
 from dcls_audio.data.waveform import SAMPLE_RATE
-from dcls_audio.tag import Tagger
+from dcls_audio.tagger import Tagger
 
 MODES = ("frames", "clip")
 STFT_HOP = 320  # samples per log-mel frame (10 ms)

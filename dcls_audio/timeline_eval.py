@@ -3,7 +3,7 @@
     python -m dcls_audio.timeline_eval --checkpoint CKPT --data data/long [--json OUT]
 
 Writes (when missing) a tuning split and a test split of long files built from the demo sound
-set's sources (:mod:`dcls_audio.data.longfiles`), scores every file with each method, chooses
+set's sources (:mod:`dcls_audio.datasets.longfiles`), scores every file with each method, chooses
 each method's threshold and filters on the tuning split alone by one grid search (the same grid
 and objective for all: segment-based F1 over 1-s segments, micro-averaged), then reports on the
 test split: sed_eval's segment-based F1 (1-s segments) with those settings, and sed_scores_eval's
@@ -34,10 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcls_audio.data.longfiles import Annotation, read_annotations, read_durations, write_long_set
 from dcls_audio.data.stream import stream_audio
+from dcls_audio.datasets.longfiles import (
+    Annotation,
+    read_annotations,
+    read_durations,
+    write_long_set,
+)
 from dcls_audio.events import Event, detect, median_filter, median_frames
-from dcls_audio.tag import Tagger, load_tagger, split_windows
+from dcls_audio.tagger import Tagger, load_tagger, split_windows
 from dcls_audio.timeline import WindowScorer, score_blocks
 
 HOP = 0.5

@@ -23,7 +23,7 @@ import numpy as np
 
 from dcls_audio.data.stream import AudioReadError
 from dcls_audio.events import Event, EventSettings, detect, read_thresholds
-from dcls_audio.tag import Tagger
+from dcls_audio.tagger import Tagger
 from dcls_audio.timeline import Track, WindowScorer, score_file
 
 TSV_NAME = "events.tsv"

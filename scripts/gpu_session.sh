@@ -95,8 +95,8 @@ $PY -c "import torch, triton, timm; print(torch.__version__, torch.version.cuda,
 # data for the train.py steps, generated on the CPU while the GPU steps run
 SYN_PID=
 if [[ " $STEPS " == *" e2e_"* || " $STEPS " == *" resume "* ]]; then
-  ( nice -n 10 $PY -m dcls_audio.data.synthetic --out "$W/syn" --train $NTRAIN --eval $NEVAL \
-    && nice -n 10 $PY -m dcls_audio.data.synthetic --out "$W/syn_small" --train $NRESUME \
+  ( nice -n 10 $PY -m dcls_audio.datasets.synthetic --out "$W/syn" --train $NTRAIN --eval $NEVAL \
+    && nice -n 10 $PY -m dcls_audio.datasets.synthetic --out "$W/syn_small" --train $NRESUME \
       --eval $NEVAL ) > "$W/synthetic.log" 2>&1 &
   SYN_PID=$!
 fi

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dcls_audio.config import compose_config, load_group  # noqa: E402
-from dcls_audio.data.synthetic import make_synthetic  # noqa: E402
+from dcls_audio.datasets.synthetic import make_synthetic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,9 +6,9 @@ import pytest
 import soundfile as sf
 
 from dcls_audio.data import CLIP_SAMPLES, AudioSetHDF5
-from dcls_audio.data import pack as packmod
 from dcls_audio.data.labels import load_class_labels, read_class_index, write_class_index
-from dcls_audio.data.pack import match_files, pack, read_segments
+from dcls_audio.datasets import common
+from dcls_audio.datasets.pack import match_files, pack, read_segments
 
 MIDS = ["/m/09x0r", "/m/04rlf", "/t/dd00041", "/m/0jbk", "/g/122z_qxw"]
 NAMES = ["Speech", "Music", "Noise, loud", "Animal", "Firecracker"]
@@ -134,7 +134,7 @@ def test_unknown_mid_names_csv_row(corpus):
 def test_resume_after_interruption_and_parallel(corpus, monkeypatch):
     corpus["out"].parent.mkdir()
     calls, resumed = [], False
-    real = packmod.load_clip
+    real = common.load_clip
 
     def flaky(path):
         calls.append(path)
@@ -142,8 +142,8 @@ def test_resume_after_interruption_and_parallel(corpus, monkeypatch):
             raise Crash  # simulated crash after two rows
         return real(path)
 
-    monkeypatch.setattr(packmod, "load_clip", flaky)
-    monkeypatch.setattr(packmod, "FLUSH_EVERY", 1)
+    monkeypatch.setattr(common, "load_clip", flaky)
+    monkeypatch.setattr(common, "FLUSH_EVERY", 1)
     with pytest.raises(Crash):
         pack(corpus["audio"], corpus["segments"], corpus["out"], corpus["labels"])
     assert not corpus["out"].exists()

@@ -9,10 +9,10 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from dcls_audio.data import pack_custom as pc
 from dcls_audio.data.labels import read_class_index, read_packed_classes, write_class_index
-from dcls_audio.data.pack import main as pack_main
 from dcls_audio.data.waveform import float_to_int16, pad_or_truncate
+from dcls_audio.datasets import pack_custom as pc
+from dcls_audio.datasets.pack import main as pack_main
 
 SR = 32000
 
@@ -138,7 +138,7 @@ def test_resume_after_interruption_and_parallel(corpus, monkeypatch):
     ref = tmp / "ref.h5"
     pc.pack_custom(audio, ref, csv, clip_seconds=2.0, workers=2, progress=False)
     calls = []
-    real = pc._load_task
+    real = pc.load_task
 
     def crash_on_third(task):
         calls.append(task[1])
@@ -146,19 +146,19 @@ def test_resume_after_interruption_and_parallel(corpus, monkeypatch):
             raise Crash
         return real(task)
 
-    monkeypatch.setattr("dcls_audio.data.pack.FLUSH_EVERY", 1)  # append_row flushes
-    monkeypatch.setattr(pc, "_load_task", crash_on_third)
+    monkeypatch.setattr("dcls_audio.datasets.common.FLUSH_EVERY", 1)  # append_row flushes
+    monkeypatch.setattr(pc, "load_task", crash_on_third)
     out = tmp / "resumed.h5"
     with pytest.raises(Crash):
         pc.pack_custom(audio, out, csv, clip_seconds=2.0, progress=False)
     assert not out.exists() and (tmp / "resumed.h5.partial").exists()
-    monkeypatch.setattr(pc, "_load_task", real)
+    monkeypatch.setattr(pc, "load_task", real)
     pc.pack_custom(audio, out, csv, clip_seconds=2.0, progress=False)
     with h5py.File(ref) as a, h5py.File(out) as b:
         for key in ("audio_name", "waveform", "target", "fold"):
             np.testing.assert_array_equal(a[key][()], b[key][()])
     with pytest.raises(ValueError, match="partial file was started with another"):
-        monkeypatch.setattr(pc, "_load_task", crash_on_third)
+        monkeypatch.setattr(pc, "load_task", crash_on_third)
         calls.clear()
         with pytest.raises(Crash):
             pc.pack_custom(audio, tmp / "x.h5", csv, clip_seconds=2.0, progress=False)

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from dcls_audio.data import AudioSetHDF5, load_class_labels
-from dcls_audio.data.synthetic import CLASS_NAMES, CLASSES, NUM_CLASSES, make_banks, make_synthetic
+from dcls_audio.datasets.synthetic import (
+    CLASS_NAMES,
+    CLASSES,
+    NUM_CLASSES,
+    make_banks,
+    make_synthetic,
+)
 
 SR = 32000
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +111,7 @@ def test_make_synthetic_script(tmp_path):
         [
             sys.executable,
             "-m",
-            "dcls_audio.data.synthetic",
+            "dcls_audio.datasets.synthetic",
             "--out",
             str(tmp_path),
             "--train",

@@ -48,7 +48,7 @@ def test_format_summary_prints_both_convs_and_ratios():
 
 @pytest.mark.slow
 def test_demo_writes_summary_runs_and_plots(tmp_path):
-    from dcls_audio.data.sounds import make_sounds
+    from dcls_audio.datasets.sounds import make_sounds
 
     data = tmp_path / "sounds"
     make_sounds(data, n_train=8, n_eval=6, clip_seconds=5.0, workers=1)

@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT, tiny_overrides
 
 from dcls_audio.config import compose_config
-from dcls_audio.data.synthetic import make_synthetic
+from dcls_audio.datasets.synthetic import make_synthetic
 from dcls_audio.train import run
 from dcls_audio.train.distributed import DistEnv, first_slurm_host, pick_device, resolve_env
 

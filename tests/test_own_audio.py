@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from dcls_audio import aggregate
 from dcls_audio.config import compose_config
-from dcls_audio.data.pack_custom import pack_custom
+from dcls_audio.datasets.pack_custom import pack_custom
 from dcls_audio.models import build_model
 from dcls_audio.tag import load_tagger, tag_file
 from dcls_audio.train import run

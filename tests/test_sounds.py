@@ -10,7 +10,7 @@ import pytest
 
 from dcls_audio.data import AudioSetHDF5, load_class_labels
 from dcls_audio.data.labels import read_class_index
-from dcls_audio.data.sounds import (
+from dcls_audio.datasets.sounds import (
     CLASS_MIDS,
     CLASS_NAMES,
     NUM_CLASSES,
@@ -208,7 +208,14 @@ def test_cli_main_and_module(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["n_train"] == 2 and info["clip_seconds"] == 1.0 and "seconds" in info
     r = subprocess.run(
-        [sys.executable, "-m", "dcls_audio.data.sounds", "--out", str(tmp_path / "s"), *argv[2:]],
+        [
+            sys.executable,
+            "-m",
+            "dcls_audio.datasets.sounds",
+            "--out",
+            str(tmp_path / "s"),
+            *argv[2:],
+        ],
         capture_output=True,
         text=True,
         check=True,

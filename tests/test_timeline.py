@@ -248,7 +248,7 @@ def test_read_thresholds(tmp_path):
 
 def test_segment_f1_equals_sed_eval():
     pytest.importorskip("sed_eval")
-    from dcls_audio.data.longfiles import Annotation
+    from dcls_audio.datasets.longfiles import Annotation
     from dcls_audio.timeline_eval import sed_eval_segment, segment_f1
 
     rng = np.random.default_rng(0)
@@ -273,8 +273,8 @@ def test_segment_f1_equals_sed_eval():
 
 
 def test_long_file_annotations():
-    from dcls_audio.data.longfiles import long_file
-    from dcls_audio.data.sounds import CLASS_NAMES
+    from dcls_audio.datasets.longfiles import long_file
+    from dcls_audio.datasets.sounds import CLASS_NAMES
 
     x, events = long_file(np.random.default_rng(3), 60.0)
     y, again = long_file(np.random.default_rng(3), 60.0)

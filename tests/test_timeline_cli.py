@@ -137,7 +137,9 @@ def test_export_uses_the_checkpoint_clip_length(tmp_path):
     assert out["onnx_rel_err"] <= 1e-4
     # the waveform graph takes 5 s of samples and the frame-level graph gives 3 columns
     out = export.export(str(ckpt), str(tmp_path / "w.onnx"), waveform=True, frames=True, repeats=1)
-    assert out["input"].startswith("waveform (160000,)") and out["output"].startswith("logits (3, 3)")
+    assert out["input"].startswith("waveform (160000,)") and out["output"].startswith(
+        "logits (3, 3)"
+    )
     assert out["onnx_rel_err"] <= 1e-4
     import onnxruntime as ort
 

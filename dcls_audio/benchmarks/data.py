@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dcls_audio.data import AudioSetHDF5, LogMelFrontend
-from dcls_audio.data.synthetic import NUM_CLASSES, write_split
+from dcls_audio.datasets.synthetic import NUM_CLASSES, write_split
 
 
 def bench_loader(path: Path, train: bool, repeats: int) -> tuple[float, float]:

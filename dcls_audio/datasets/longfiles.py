@@ -3,12 +3,12 @@
 Each file is a coloured-noise background (as in the demo clips) with events of the 19 source
 classes placed on two layers: a busy one (an event every few seconds) and a sparse one that
 overlaps it now and then, so up to two events sound at once and a class never overlaps itself.
-Durations, levels and fades follow the demo clips (`dcls_audio.data.sounds`). Files are a
+Durations, levels and fades follow the demo clips (`dcls_audio.datasets.sounds`). Files are a
 deterministic function of (seed, split, file index). ``write_long_set`` writes ``<name>.wav``
 (16-bit) per file, ``annotations.tsv`` (DCASE: ``filename onset offset event_label``) and
 ``durations.tsv`` (``filename duration``).
 
-    python -m dcls_audio.data.longfiles --out data/long/tune --files 4 --minutes 3 --split 0
+    python -m dcls_audio.datasets.longfiles --out data/long/tune --files 4 --minutes 3 --split 0
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from dcls_audio.data.waveform import SAMPLE_RATE, float_to_int16
+
 from .sound_sources import SOURCES
 from .sounds import CLASS_NAMES, LEVEL_RANGE_DB, MAX_PEAK, MAX_RMS, background, source_event
-from .waveform import SAMPLE_RATE, float_to_int16
 
 SR = SAMPLE_RATE
 # gaps between events of a layer, seconds (uniform): the busy layer and the sparse one
@@ -117,7 +118,7 @@ def write_long_set(
 def main(argv: list[str] | None = None) -> int:
     """CLI: write a set of generated long files with their annotations."""
     ap = argparse.ArgumentParser(
-        prog="python -m dcls_audio.data.longfiles",
+        prog="python -m dcls_audio.datasets.longfiles",
         description="Write long files of demo-set sources with annotated onsets and offsets.",
     )
     ap.add_argument("--out", required=True, help="output folder")

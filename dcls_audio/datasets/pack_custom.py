@@ -37,11 +37,11 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from dcls_audio.data.labels import ClassIndex, read_class_index, write_class_index
+from dcls_audio.data.waveform import SAMPLE_RATE
 from dcls_audio.runfiles import write_json
 
-from .labels import ClassIndex, read_class_index, write_class_index
-from .pack import AUDIO_SUFFIXES, _load_task, append_row
-from .waveform import SAMPLE_RATE
+from .common import AUDIO_SUFFIXES, append_row, load_task
 
 log = logging.getLogger(__name__)
 STR = h5py.string_dtype("utf-8")
@@ -251,7 +251,7 @@ def pack_custom(
         pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
         try:
             tasks = [(i, p, clip_samples) for i, p in todo]
-            results = pool.imap(_load_task, tasks, chunksize=4) if pool else map(_load_task, tasks)
+            results = pool.imap(load_task, tasks, chunksize=4) if pool else map(load_task, tasks)
             bar = tqdm(results, total=len(todo), desc=f"packing {out.name}", disable=not progress)
             for i, clip, err in bar:
                 if clip is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import lfilter
 
-from .waveform import SAMPLE_RATE
+from dcls_audio.data.waveform import SAMPLE_RATE
 
 SR = SAMPLE_RATE
 Rng = np.random.Generator

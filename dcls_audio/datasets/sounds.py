@@ -4,7 +4,7 @@ What it is: clips (10 s by default, 32 kHz, int16) each holding 1-3 events of di
 over a coloured-noise background, with one boolean target per class. The 19 classes are kinds
 of sound source: plucked and bowed strings, reed, brass, bells, piano-like, drums, hi-hats,
 speech-like babble, singing, bird song, sirens, alarms, engines, rain, wind, footsteps, bubbles
-and clocks (see `dcls_audio.data.sound_sources`). A class is told by its timbre, excitation and
+and clocks (see `dcls_audio.datasets.sound_sources`). A class is told by its timbre, excitation and
 temporal pattern, not by where it sits in frequency or how loud it is: every event draws its
 pitch or centre frequency from a wide range that overlaps other classes' ranges, its level from
 a 25 dB range, its duration (1-6 s) and onset at random, and events may overlap in time. The
@@ -36,11 +36,12 @@ import h5py
 import numpy as np
 from scipy.signal import lfilter
 
-from .labels import write_class_index
+from dcls_audio.data.labels import write_class_index
+from dcls_audio.data.waveform import SAMPLE_RATE, float_to_int16
+
+from .common import set_paths
 from .sound_dsp import loguniform
 from .sound_sources import SOURCES
-from .synthetic import set_paths
-from .waveform import SAMPLE_RATE, float_to_int16
 
 SR = SAMPLE_RATE
 Rng = np.random.Generator
@@ -191,7 +192,7 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         # not this module itself: `python -m` runs it again in the workers, as __mp_main__
-        ctx.set_forkserver_preload(["h5py", "dcls_audio.data.sound_sources"])
+        ctx.set_forkserver_preload(["h5py", "dcls_audio.datasets.sound_sources"])
     else:
         ctx = mp.get_context("spawn")
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
@@ -281,6 +282,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # run through the package module so that worker processes find the same functions
-    from dcls_audio.data.sounds import main as _main
+    from dcls_audio.datasets.sounds import main as _main
 
     sys.exit(_main())

@@ -1,4 +1,4 @@
-"""Procedural sound sources for the demo set (`dcls_audio.data.sounds`): one function per class.
+"""Procedural sound sources for the demo set (`dcls_audio.datasets.sounds`): one function per class.
 
 Every source is ``fn(rng, n) -> float32 (n,)``: an event of ``n`` samples at 32 kHz with arbitrary
 scale (the caller normalises the level). A class is a kind of source (its excitation, timbre and

@@ -20,8 +20,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .labels import write_class_index
-from .waveform import CLIP_SAMPLES, SAMPLE_RATE, float_to_int16
+from dcls_audio.data.labels import write_class_index
+from dcls_audio.data.waveform import CLIP_SAMPLES, SAMPLE_RATE, float_to_int16
+
+from .common import set_paths
 
 SR = SAMPLE_RATE
 Rng = np.random.Generator
@@ -181,17 +183,6 @@ def write_split(path: str | os.PathLike, n: int, seed: int, split: int, n_empty:
             names[lo:hi] = [f"syn{split}_{seed}_{i:07d}".encode() for i in range(lo, hi)]
         # names/targets of the empty rows stay b"" / False and their audio stays zero (fill value)
     tmp.replace(path)
-
-
-def set_paths(out_dir: str | os.PathLike) -> dict[str, Path]:
-    """The files of a generated set in ``out_dir`` (created): train.h5, eval.h5, class index."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return {
-        "train": out / "train.h5",
-        "eval": out / "eval.h5",
-        "labels": out / "class_labels_indices.csv",
-    }
 
 
 def make_synthetic(

@@ -23,24 +23,19 @@ import multiprocessing as mp
 import os
 import re
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
-import soundfile as sf
-import torch
-import torchaudio.functional as AF
 
+from dcls_audio.data.labels import read_class_index
+from dcls_audio.data.waveform import CLIP_SAMPLES, SAMPLE_RATE
 from dcls_audio.runfiles import write_json
 
-from .labels import read_class_index
-from .waveform import CLIP_SAMPLES, SAMPLE_RATE, float_to_int16, pad_or_truncate
+from .common import AUDIO_SUFFIXES, append_row, load_task
 
 log = logging.getLogger(__name__)
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
-FLUSH_EVERY = 64
 
 
 @dataclass(frozen=True)
@@ -120,26 +115,6 @@ def match_files(audio_dir: str | os.PathLike, ytids: set[str]) -> tuple[dict[str
     return found, duplicates
 
 
-def load_clip(path: str | os.PathLike, length: int = CLIP_SAMPLES) -> np.ndarray:
-    """Read any soundfile-readable file -> int16 mono 32 kHz, padded/truncated to ``length``."""
-    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    if x.shape[0] == 0:
-        raise ValueError("no samples")
-    x = x.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        x = AF.resample(torch.from_numpy(x), sr, SAMPLE_RATE).numpy()
-    return float_to_int16(pad_or_truncate(x, length))
-
-
-def _load_task(task: tuple) -> tuple[int, np.ndarray | None, str | None]:
-    """(index, path[, length]) -> (index, clip or None, error or None)."""
-    i, path, *length = task
-    try:
-        return i, load_clip(path, *length), None
-    except Exception as e:  # any decoder failure makes the clip "unreadable", never a silent row
-        return i, None, f"{type(e).__name__}: {e}"
-
-
 def _open_partial(path: Path, num_classes: int) -> h5py.File:
     if path.exists():
         f = h5py.File(path, "a")
@@ -171,28 +146,6 @@ def _open_partial(path: Path, num_classes: int) -> h5py.File:
         chunks=(256, num_classes),
     )
     return f
-
-
-def append_row(
-    f: h5py.File, name: str, clip: np.ndarray, labels: Iterable[int], fold: int | None = None
-) -> None:
-    """Append one clip (name, int16 waveform, multi-hot target, fold) to a packing file.
-
-    Every `FLUSH_EVERY` rows the file is flushed and ``rows_done`` marks the rows a resumed
-    packing keeps.
-    """
-    columns = ("audio_name", "waveform", "target") + (("fold",) if fold is not None else ())
-    row = f["audio_name"].shape[0]
-    for key in columns:
-        f[key].resize(row + 1, axis=0)
-    target = np.zeros(f["target"].shape[1], dtype=bool)
-    target[list(labels)] = True
-    f["audio_name"][row], f["waveform"][row], f["target"][row] = name.encode(), clip, target
-    if fold is not None:
-        f["fold"][row] = fold
-    if (row + 1) % FLUSH_EVERY == 0:
-        f.attrs["rows_done"] = row + 1
-        f.flush()
 
 
 def pack(
@@ -229,7 +182,7 @@ def pack(
         # "spawn": forked children of a process that already ran torch's OpenMP code can deadlock
         pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
         try:
-            results = pool.imap(_load_task, todo, chunksize=4) if pool else map(_load_task, todo)
+            results = pool.imap(load_task, todo, chunksize=4) if pool else map(load_task, todo)
             for i, clip, err in results:
                 s = segments[i]
                 if clip is None:
