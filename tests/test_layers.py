@@ -122,3 +122,14 @@ def test_the_checker_sees_a_back_edge_and_a_circle(tmp_path):
     known = {"dcls_audio.x", "dcls_audio.y", "dcls_audio.train.loop"}
     got = imports("dcls_audio.x", a, known)
     assert got == {"dcls_audio.y", "dcls_audio.train.loop"}
+
+
+def test_the_architecture_page_lists_every_module():
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [
+        str(p.relative_to(PACKAGE))
+        for p in modules().values()
+        if p.name != "__init__.py" and p.name != "__main__.py"
+        and f"`{p.relative_to(PACKAGE)}`" not in page
+    ]  # fmt: skip
+    assert missing == [], "add these to docs/architecture.md (one line each)"
