@@ -23,7 +23,7 @@ from conftest import ROOT
 
 DRIVER = ROOT / "tests" / "fault_driver.py"
 BIN = Path(sys.executable).parent  # the console scripts of the environment
-EXIT_TIMEOUT_S = 20.0  # a process still there this long after its signal has hung
+EXIT_TIMEOUT_S = 15.0  # a process still there this long after its signal has hung
 BAR_S = 10.0  # the issue's bar: exit within 10 s of the signal
 
 
@@ -85,7 +85,7 @@ def wait_exit(proc: subprocess.Popen, timeout: float, log: Path | None = None) -
     except subprocess.TimeoutExpired:
         below = descendants(proc.pid)
         if log is not None:
-            hung = [p for p in [proc.pid, *below] if running(p)]
+            hung = [p for p in [*reversed(below), proc.pid] if running(p)]  # deepest first
             with open(log, "a") as f:
                 f.write(f"\nstill running after {timeout:.0f} s: {hung}\n{stacks(hung)}\n")
         with contextlib.suppress(ProcessLookupError):
@@ -177,8 +177,13 @@ def stop(
     signals: list[int],
     group: bool,
     fault_dir: Path | None = None,
+    release_after: tuple[str, int] | None = None,
 ) -> Stopped:
-    """Send ``signals`` (0.3 s apart) to the process or its group, release a pause, wait."""
+    """Send ``signals`` (0.3 s apart) to the process or its group, release a pause, wait.
+
+    ``release_after=(text, n)`` releases the pause once ``text`` is n times in the output
+    (a launcher that passes the signal on), or after 10 s.
+    """
     workers = descendants(proc.pid)
     for i, sig in enumerate(signals):
         if i:
@@ -186,6 +191,10 @@ def stop(
         with contextlib.suppress(ProcessLookupError):
             (os.killpg if group else os.kill)(proc.pid, sig)
     sent = time.monotonic()
+    if release_after is not None:
+        text, n = release_after
+        while log.read_text(errors="replace").count(text) < n and time.monotonic() < sent + 10:
+            time.sleep(0.05)
     if fault_dir is not None:
         (fault_dir / "release").touch()
     rc = wait_exit(proc, EXIT_TIMEOUT_S, log)

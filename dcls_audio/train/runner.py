@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,25 @@ def run(
     with distributed_session(env, device):
         # torchrun ranks each resolve hydra.run.dir (with ${now:...}); rank 0's choice wins.
         out = Path(str(broadcast_object(os.path.abspath(chosen))))
-        return _train(cfg, env, device, out, files, wall_start, on_step)
+        try:
+            return _train(cfg, env, device, out, files, wall_start, on_step)
+        except BaseException as err:  # a stop or an error: release the run's objects now
+            release_frames(err)
+            raise
+
+
+def release_frames(err: BaseException | None) -> None:
+    """Clear the local variables of the frames in ``err``'s traceback and those it chains.
+
+    A traceback kept until the interpreter's exit keeps the DDP model and so its gloo process
+    group, whose threads then wait for the GIL that the exiting thread holds while it joins
+    them: a rank that never ends. The tracebacks still print.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
 
 
 def _train(
