@@ -24,7 +24,6 @@ the wait. What happens where:
 
 from __future__ import annotations
 
-import functools
 import os
 import resource
 import signal
@@ -148,7 +147,12 @@ def install_faults() -> None:
         signal.signal(signal.SIGUSR2, requeue)
     from dcls_audio.train import runner
 
-    runner.run = functools.partial(runner.run, on_step=on_step_hook())
+    run, hook = runner.run, on_step_hook()
+
+    def run_with_faults(cfg: Any, run_dir: Any = None, on_step: Any = None) -> dict:
+        return run(cfg, run_dir=run_dir, on_step=on_step or hook)
+
+    runner.run = run_with_faults
 
 
 def main() -> None:
