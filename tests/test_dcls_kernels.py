@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,15 +32,12 @@ HELPER = Path(__file__).with_name("triton_interpreter.py")
 @pytest.fixture(scope="module")
 def interpreted():
     pytest.importorskip("triton")
-    start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(HELPER)], capture_output=True, text=True, timeout=600,
         env={**os.environ, "TRITON_INTERPRET": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["seconds"] = time.perf_counter() - start
-    return result
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
@@ -217,10 +213,6 @@ def test_construction_kernel_compiles(arch, gauss, tmp_path, monkeypatch):
     src = ASTSource(fn=tc._construct_kernel, signature=sig, constexprs=consts)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
     assert compiled.asm["cubin"] and ".local" not in compiled.asm["ptx"]
-
-
-def test_interpreter_run_is_short(interpreted):
-    assert interpreted["seconds"] < 120
 
 
 def test_cuda_path_applies_only_to_cuda_stride1_depthwise():
