@@ -126,10 +126,15 @@ def test_accumulation_equals_large_batch(data_root, tmp_path):
     ca = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     cb = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     init = build_model(a.model, a.conv).state_dict()
-    moved = 0
+    # Adam's first step moves each weight by about lr * sign(gradient): where a gradient is at
+    # float-noise level the two summation orders may give opposite signs, so a handful of
+    # elements may differ by ~lr; everything else must agree.
+    moved, far, total = 0, 0, 0
     for k, v in ca["model"].items():
-        torch.testing.assert_close(v, cb["model"][k], rtol=1e-3, atol=1e-4)
+        close = torch.isclose(v, cb["model"][k], rtol=1e-3, atol=1e-4)
+        far, total = far + int((~close).sum()), total + close.numel()
         moved += int(not torch.equal(v, init[k]))
+    assert far <= max(2, total // 20000), f"{far} of {total} weights differ"
     assert moved > 10  # the comparison is not between two untrained models
     # Adam's first moment is proportional to the gradient: catches a missing 1/accum factor.
     for sa, sb in zip(
