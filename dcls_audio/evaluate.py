@@ -125,16 +125,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--checkpoint", required=True, help="a run's best.pt/last.pt or a foreign file")
     p.add_argument("--eval-files", nargs="+", required=True, help="PANNs-layout HDF5 files")
+    add_scoring_arguments(p)
+    p.add_argument("--json", help="write metrics, per-class AP and run info to this file")
+    p.add_argument("--raw-weights", action="store_true", help="ignore EMA weights in the file")
+    return p.parse_args(argv)
+
+
+def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a command that scores packed clips with a checkpoint (evaluate, teacher)."""
     p.add_argument("--model", help="zoo model of a foreign file (default: read from the file)")
     p.add_argument("--conv", help="conv config of a foreign file (default: read from the file)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="layout of the file")
     p.add_argument("--batch-size", type=int, default=32, help="clips per batch (default 32)")
-    p.add_argument("--json", help="write metrics, per-class AP and run info to this file")
-    p.add_argument("--raw-weights", action="store_true", help="ignore EMA weights in the file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--num-workers", type=int, default=0, help="loader workers (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

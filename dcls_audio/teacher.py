@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from dcls_audio.data.teacher_logits import FORMAT, file_sha256
-from dcls_audio.models.foreign import FORMATS
+from dcls_audio.evaluate import add_scoring_arguments
 
 
 def ensemble_logits(probs: list[np.ndarray], activation: str) -> np.ndarray:
@@ -155,26 +155,23 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="a teacher checkpoint; repeat for an ensemble")  # fmt: skip
     p.add_argument("--data-files", nargs="+", required=True, help="PANNs-layout HDF5 files")
     p.add_argument("--out", required=True, help="the sidecar HDF5 to write")
-    p.add_argument("--model", help="zoo model of a foreign file (default: read from the file)")
-    p.add_argument("--conv", help="conv config of a foreign file (default: read from the file)")
-    p.add_argument("--format", default="auto", choices=FORMATS, help="layout of the file")
-    p.add_argument("--batch-size", type=int, default=32, help="clips per batch (default 32)")
+    add_scoring_arguments(p)
     p.add_argument("--block", type=int, default=4096, help="clips per resumable block")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--num-workers", type=int, default=0, help="loader workers (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
+    from dcls_audio.train.preempt import exit_on_signal
+
     args = _parse(argv)
     try:
-        out = write_teacher_logits(
-            args.checkpoint, args.data_files, args.out, model=args.model, conv=args.conv,
-            fmt=args.format, batch_size=args.batch_size, block=args.block, device=args.device,
-            num_workers=args.num_workers, progress=not args.no_progress,
-        )  # fmt: skip
+        with exit_on_signal("dcls-audio-teacher"):  # a stop keeps the complete blocks written
+            out = write_teacher_logits(
+                args.checkpoint, args.data_files, args.out, model=args.model, conv=args.conv,
+                fmt=args.format, batch_size=args.batch_size, block=args.block, device=args.device,
+                num_workers=args.num_workers, progress=not args.no_progress,
+            )  # fmt: skip
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
