@@ -31,6 +31,9 @@ def test_wheel_install_runs_every_command_from_another_directory(tmp_path):
     bin_dir = env_dir / "bin"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PYTHONPATH", None)
+    # the build uses the locked setuptools of this environment, not the one ensurepip bundles
+    _run([str(bin_dir / "python"), "-m", "pip", "uninstall", "-q", "-y", "setuptools"], tmp_path,
+         env)  # fmt: skip
     _run(
         [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps",
          "--no-build-isolation", str(ROOT)],
