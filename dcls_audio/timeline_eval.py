@@ -248,16 +248,19 @@ def evaluate(
     seed: int = 0,
     cache: str | Path | None = None,
     device: str = "cpu",
+    grid: dict[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Tune on the tuning split, report on the test split; returns the results document.
 
-    ``cache``: a folder keeping the score tracks (per split and method) between runs.
+    ``cache``: a folder keeping the score tracks (per split and method) between runs;
+    ``grid``: the settings tried (default :data:`GRID`).
     """
     data = Path(data)
     tagger = load_tagger(checkpoint, device)
     labels = tagger.class_names
     splits = {"tune": (tune_files, 0), "test": (test_files, 1)}
-    out: dict[str, Any] = {"checkpoint": str(checkpoint), "hop_s": HOP, "grid": GRID}
+    grid = GRID if grid is None else grid
+    out: dict[str, Any] = {"checkpoint": str(checkpoint), "hop_s": HOP, "grid": grid}
     sets = {}
     for key, (n, split) in splits.items():
         ensure_set(data / key, n, minutes, seed, split)
@@ -278,7 +281,7 @@ def evaluate(
         out[f"{key}_audio_s"] = sum(durations.values())
     rows = {}
     for m in methods:
-        settings, tune_f1 = tune(sets["tune"][0][m], *sets["tune"][1:3], labels)
+        settings, tune_f1 = tune(sets["tune"][0][m], *sets["tune"][1:3], labels, grid)
         tracks, refs, durations, seconds = sets["test"]
         ests = detect_all(tracks[m], labels, settings, durations)
         rows[m] = {

@@ -157,3 +157,47 @@ def test_export_defaults_to_ten_seconds_without_a_clip_length(tmp_path):
     checkpoint(ckpt, clip_seconds=None)
     out = export.export(str(ckpt), torchscript_path=str(tmp_path / "m.ts"), repeats=1)
     assert out["clip_seconds"] == 10.0 and "(1, 128, 1001)" in out["input"]
+
+
+@pytest.mark.slow
+def test_timeline_eval_end_to_end(tmp_path):
+    """Generated splits, five methods, settings tuned on one split, scored on the other."""
+    pytest.importorskip("sed_eval")
+    pytest.importorskip("sed_scores_eval")
+    from dcls_audio import timeline_eval
+    from dcls_audio.datasets.sounds import CLASS_NAMES
+    from dcls_audio.models import build_model
+
+    m, c = cfgs("convnext_atto", "dcls_gauss", len(CLASS_NAMES), drop_path_rate=0.0)
+    c.update(dilated_kernel_size=7, kernel_count=5)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "demo.pt"
+    config = {"model": m, "conv": c, "data": {"clip_seconds": 5.0}}
+    torch.save(
+        {"model": build_model(m, c).state_dict(), "config": config, "class_names": CLASS_NAMES},
+        ckpt,
+    )
+    grid = {
+        "threshold": (0.3, 0.5),
+        "median": (0.0, 1.0),
+        "min_duration": (0.0,),
+        "min_gap": (0.0,),
+    }
+    doc = timeline_eval.evaluate(
+        str(ckpt), tmp_path / "long", tune_files=1, test_files=2, minutes=0.75,
+        cache=tmp_path / "cache", grid=grid,
+    )  # fmt: skip
+    assert set(doc["methods"]) == set(timeline_eval.METHODS)
+    for row in doc["methods"].values():
+        assert row["settings"]["threshold"] in grid["threshold"]
+        assert 0 <= row["f1"] <= 1 and 0 <= row["segment_ap"] <= 1
+    assert doc["test_audio_s"] == pytest.approx(90.0)
+    assert (tmp_path / "cache" / "test" / "timeline.npz").is_file()
+    tracks, _ = timeline_eval.score_set(
+        tag.load_tagger(ckpt), tmp_path / "long" / "test", ["file", "windows"],
+        tmp_path / "cache" / "test",
+    )  # fmt: skip
+    for name, track in tracks["file"].items():  # today's outputs: constant, and 5-s steps
+        assert track.shape == (90, len(CLASS_NAMES)) and np.ptp(track, axis=0).max() == 0
+        assert np.array_equal(tracks["windows"][name][10:20], tracks["windows"][name][[10] * 10])
+    assert "| timeline |" in timeline_eval.table(doc)
