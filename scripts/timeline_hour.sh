@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Time `dcls-audio-tag --timeline` on one long file with the full-size ConvNeXt-T DCLS-Gauss
-# (527 classes, 10-s windows every 0.5 s), on the CPU threads torch is given.
+# (527 classes, 10-s windows every 0.5 s) on THREADS CPU threads (default 2).
 #
 #   scripts/timeline_hour.sh [OUT] [MINUTES]     (default outputs/timeline_hour, 60 minutes)
 #
 # The weights are a fixed random initialisation (the time does not depend on them; give your own
-# checkpoint with CKPT=...). Writes OUT/long.wav (a generated annotated recording), OUT/out/
-# (the timeline outputs), OUT/time.txt (/usr/bin/time -v) and OUT/timing.json.
+# checkpoint with CKPT=...). Writes OUT/long/ (a generated annotated recording), OUT/out/
+# (the timeline outputs), OUT/time.txt (GNU time, /usr/bin/time -v: wall time and peak memory)
+# and OUT/timing.json.
 set -euo pipefail
 OUT=${1:-outputs/timeline_hour}
 MINUTES=${2:-60}
