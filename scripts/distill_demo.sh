@@ -3,7 +3,7 @@
 # model distilled from the demo DCLS-Gauss run (stored logits), 3 seeds each, same steps; then the
 # cost per step of no teacher, stored logits and the online teacher.
 #
-#   scripts/distill_demo.sh [OUT]        (default outputs/distill_demo; ~35 min on 2 CPU cores)
+#   scripts/distill_demo.sh [OUT]        (default outputs/distill_demo; ~40 min on 2 CPU cores)
 #
 # Needs the demo set (make demo, or dcls-audio-sounds --out data/sounds --clip-seconds 5).
 # Writes OUT/table.md (dcls-audio-aggregate) and OUT/cost.json.
@@ -52,13 +52,14 @@ import json, re, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-rates = {}
+rates, batch = {}, {}
 for mode in ("none", "stored", "online"):
     log = (out / "cost" / mode / "train.log").read_text()
+    batch[mode] = int(re.search(r"accumulation = (\d+)", log).group(1))  # samples per step
     steps = [(int(s), float(r)) for s, r in re.findall(r"step\s+(\d+)/\d+ .* ([\d.]+) samples/s", log)]
     later = [r for s, r in steps if s > 16]
     rates[mode] = sum(later) / len(later)
-doc = {m: {"samples_per_s": r, "ms_per_step": 16 / r * 1000, "vs_none": rates["none"] / r}
+doc = {m: {"samples_per_s": r, "ms_per_step": batch[m] / r * 1000, "vs_none": rates["none"] / r}
        for m, r in rates.items()}
 (out / "cost.json").write_text(json.dumps(doc, indent=1))
 for m, d in doc.items():
