@@ -60,6 +60,17 @@ def test_config_is_validated():
         ok({"teacher": "a.pt", "teacher_logits": None, "weight": 1.5, "temperature": 1})
 
 
+@pytest.mark.parametrize("given", ["teacher", "teacher_logits"])
+def test_a_teacher_with_weight_zero_is_refused(given):
+    """A teacher that would cost its forward passes and change nothing stops the run."""
+    cfg = {"teacher": None, "teacher_logits": None, "weight": 0.0, "temperature": 1}
+    with pytest.raises(ValueError) as err:
+        distill.DistillConfig.from_config({**cfg, given: "t.file"})
+    text = str(err.value)
+    assert f"distill.{given} is set but distill.weight=0" in text
+    assert "distill=teacher (weight 0.9)" in text
+
+
 NAMES = [f"class{i}" for i in range(16)]
 
 

@@ -69,14 +69,18 @@ def test_stored_and_online_teachers_give_the_same_loss(setup):
     assert not torch.allclose(online.targets(spec, index, mix), a)
 
 
-def test_weight_zero_equals_no_distillation_and_other_weights_differ(setup, tmp_path):
+def test_a_teacher_with_weight_zero_stops_the_run_before_training(setup, tmp_path):
     root, ckpt, sidecar = setup
-    plain = run(train_cfg(root, *BASE), run_dir=tmp_path / "plain")
-    zero = run(train_cfg(root, *BASE, "distill=teacher", f"distill.teacher={ckpt}",
-                         "distill.weight=0.0"), run_dir=tmp_path / "zero")  # fmt: skip
-    assert zero["map"] == plain["map"]
-    for k, v in _weights(tmp_path / "plain").items():
-        assert torch.equal(v, _weights(tmp_path / "zero")[k]), k
+    for given in (f"distill.teacher={ckpt}", f"distill.teacher_logits={sidecar}"):
+        with pytest.raises(ValueError, match=r"distill=teacher \(weight 0.9\)"):
+            run(train_cfg(root, *BASE, given), run_dir=tmp_path / "zero")
+        assert not (tmp_path / "zero" / "last.pt").exists()
+        assert not (tmp_path / "zero" / "results.json").exists()
+
+
+def test_other_weights_differ_from_no_distillation(setup, tmp_path):
+    root, ckpt, sidecar = setup
+    run(train_cfg(root, *BASE), run_dir=tmp_path / "plain")
     run(train_cfg(root, *BASE, "distill=teacher", f"distill.teacher_logits={sidecar}",
                          "distill.weight=0.5"), run_dir=tmp_path / "half")  # fmt: skip
     differs = [not torch.equal(v, _weights(tmp_path / "half")[k])
@@ -87,9 +91,6 @@ def test_weight_zero_equals_no_distillation_and_other_weights_differ(setup, tmp_
     assert entry["mode"] == "stored" and entry["weight"] == 0.5
     assert entry["teacher_logits"]["sha256"] == file_sha256(sidecar)
     assert entry["hash"] == file_sha256(ckpt)  # the checkpoint the logits came from
-    assert (
-        json.loads((tmp_path / "zero" / "results.json").read_text())["distill"]["mode"] == "online"
-    )
     assert json.loads((tmp_path / "plain" / "results.json").read_text())["distill"] == {
         "mode": "none"
     }

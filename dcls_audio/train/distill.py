@@ -77,6 +77,13 @@ class DistillConfig:
                 f"distill.weight={weight} but no teacher: set distill.teacher=CHECKPOINT or "
                 "distill.teacher_logits=SIDECAR.h5 (or distill.weight=0)"
             )
+        if mode != "none" and weight == 0:
+            given = "distill.teacher" if teachers else "distill.teacher_logits"
+            raise ValueError(
+                f"{given} is set but distill.weight=0: the teacher would run for nothing and the "
+                "model would train on labels only; add distill=teacher (weight 0.9) or set "
+                f"distill.weight in (0, 1], or drop {given}"
+            )
         return cls(mode, weight, temperature, tuple(str(t) for t in teachers), logits)
 
 
