@@ -201,3 +201,54 @@ def test_timeline_eval_end_to_end(tmp_path):
         assert track.shape == (90, len(CLASS_NAMES)) and np.ptp(track, axis=0).max() == 0
         assert np.array_equal(tracks["windows"][name][10:20], tracks["windows"][name][[10] * 10])
     assert "| timeline |" in timeline_eval.table(doc)
+
+
+# a DCASE table with events of one class that overlap or touch in one file (real references do)
+TABLE = """filename\tonset\toffset\tevent_label
+a.wav\t1.0\t4.0\ttone
+a.wav\t3.0\t6.0\ttone
+a.wav\t6.0\t7.5\ttone
+a.wav\t2.0\t5.0\tnoise
+a.wav\t9.0\t10.0\ttone
+b.wav\t0.5\t2.0\tnoise
+b.wav\t1.0\t1.5\tnoise
+b.wav\t3.0\t4.0\tclick
+"""
+
+
+def test_overlapping_reference_events_are_merged(tmp_path):
+    from dcls_audio.datasets.longfiles import Annotation, merge_overlaps, read_annotations
+
+    (tmp_path / "annotations.tsv").write_text(TABLE)
+    merged, counts = merge_overlaps(read_annotations(tmp_path / "annotations.tsv"))
+    assert counts == {"a.wav": 2, "b.wav": 1}
+    assert merged["a.wav"] == [Annotation(1.0, 7.5, "tone"), Annotation(2.0, 5.0, "noise"),
+                               Annotation(9.0, 10.0, "tone")]  # fmt: skip
+    assert merged["b.wav"] == [Annotation(0.5, 2.0, "noise"), Annotation(3.0, 4.0, "click")]
+    assert merge_overlaps(merged) == (merged, {})
+
+
+def test_timeline_eval_on_a_table_with_overlapping_events(tmp_path, capsys):
+    """sed_scores_eval asserts on connected events of one class: they are merged first."""
+    pytest.importorskip("sed_eval")
+    pytest.importorskip("sed_scores_eval")
+    from dcls_audio import timeline_eval
+
+    checkpoint(tmp_path / "m.pt")
+    rng = np.random.default_rng(1)
+    for split in ("tune", "test"):
+        d = tmp_path / "data" / split
+        d.mkdir(parents=True)
+        for name in ("a.wav", "b.wav"):
+            sf.write(d / name, 0.1 * rng.standard_normal(12 * 32000).astype(np.float32), 32000)
+        (d / "annotations.tsv").write_text(TABLE)
+        (d / "durations.tsv").write_text("filename\tduration\na.wav\t12.0\nb.wav\t12.0\n")
+    grid = {"threshold": (0.5,), "median": (0.0,), "min_duration": (0.0,), "min_gap": (0.0,)}
+    doc = timeline_eval.evaluate(
+        str(tmp_path / "m.pt"), tmp_path / "data", methods=["timeline", "file"], grid=grid
+    )
+    assert doc["test_merged_events"] == doc["tune_merged_events"] == {"a.wav": 2, "b.wav": 1}
+    assert all(0 <= r["segment_ap"] <= 1 for r in doc["methods"].values())
+    out = capsys.readouterr().out
+    assert "test: merged 3 overlapping or touching same-class reference events in 2 files: " \
+        "a.wav (2), b.wav (1)" in out  # fmt: skip

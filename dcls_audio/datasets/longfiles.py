@@ -87,6 +87,31 @@ def read_annotations(path: str | Path) -> dict[str, list[Annotation]]:
     return out
 
 
+def merge_overlaps(
+    refs: dict[str, list[Annotation]],
+) -> tuple[dict[str, list[Annotation]], dict[str, int]]:
+    """Same-class events that overlap or touch merged into one, as DCASE evaluations do.
+
+    Returns the merged table (each file's events sorted by onset, then class) and
+    ``{filename: events merged away}`` for the files that had any.
+    """
+    merged: dict[str, list[Annotation]] = {}
+    counts: dict[str, int] = {}
+    for name, events in refs.items():
+        spans: dict[str, list[list[float]]] = {}
+        for a in sorted(events, key=lambda e: (e.label, e.onset, e.offset)):
+            own = spans.setdefault(a.label, [])
+            if own and a.onset <= own[-1][1]:
+                own[-1][1] = max(own[-1][1], a.offset)
+            else:
+                own.append([a.onset, a.offset])
+        out = [Annotation(on, off, label) for label, s in spans.items() for on, off in s]
+        merged[name] = sorted(out, key=lambda e: (e.onset, e.label))
+        if len(out) < len(events):
+            counts[name] = len(events) - len(out)
+    return merged, counts
+
+
 def read_durations(path: str | Path) -> dict[str, float]:
     """``durations.tsv`` -> {filename: seconds}."""
     with open(path, newline="") as f:
