@@ -116,3 +116,16 @@ def test_a_broken_torchaudio_library_fails_the_check_naming_torchaudio(tmp_path,
         assert "make clean install" in proc.stdout
         torch_row = next(r for r in proc.stdout.splitlines() if r.startswith("torch "))
         assert " ok " in torch_row
+
+
+def test_the_license_is_an_spdx_expression_the_locked_setuptools_builds():
+    """SPDX ``license`` with ``license-files``: setuptools >= 77 reads it; older ones refuse it,
+    and a table or a pattern matching no file is deprecated (builds fail after 2027-02-18)."""
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert doc["project"]["license"] == "MIT"
+    for pattern in doc["project"]["license-files"]:
+        assert list(ROOT.glob(pattern)), f"license-files {pattern!r} matches no file"
+    (build,) = [Requirement(r) for r in doc["build-system"]["requires"]]
+    assert build.name == "setuptools"
+    assert not build.specifier.contains("76.9"), "setuptools < 77 reads the SPDX string as an error"
+    assert build.specifier.contains(lockfile.pins(LOCK)["setuptools"]), "the locked one builds it"
