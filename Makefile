@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 TORCH_CUDA ?=
 TORCH_INDEX := https://download.pytorch.org/whl
 
-.PHONY: install lock selfcheck test test-fast test-faults test-slurm lint demo bench bench-dcls-cuda gpu-check clean
+.PHONY: install lock selfcheck test test-fast test-faults test-slurm lint demo demo-fresh bench bench-dcls-cuda gpu-check clean
 
 # pip installs the lock with --require-hashes: every package at the tested version, nothing
 # resolved anew on the user's machine. The CUDA variant takes the lock's torch family from
@@ -68,9 +68,13 @@ DEMO_DIR := outputs/demo
 
 # CPU demo, a mini Table 1: the demo sound set (generated once into data/sounds), a linear probe,
 # and the same small ConvNeXt trained with DSC and with DCLS-Gauss; writes outputs/demo/summary.json.
+# A stopped `make demo` resumes where it stopped; `make demo-fresh` deletes outputs/demo first.
 demo:
-	rm -rf $(DEMO_DIR)
 	$(BIN)/dcls-audio-demo --out $(DEMO_DIR) --data data/sounds
+
+demo-fresh:
+	rm -rf $(DEMO_DIR)
+	$(MAKE) demo
 
 bench:
 	$(BIN)/dcls-audio-bench-kernels --json docs/bench_dcls.json

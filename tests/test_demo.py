@@ -1,8 +1,11 @@
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from dcls_audio.data import AudioSetHDF5, LogMelFrontend
 from dcls_audio.demo import format_summary, linear_probe, probe_features, run_demo
@@ -75,3 +78,14 @@ def test_demo_writes_summary_runs_and_plots(tmp_path):
     assert (out / "dcls_gauss" / "plots" / "positions.png").stat().st_size > 0
     assert not (out / "dsc" / "plots" / "positions.png").exists()
     assert (out / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_demo_resumes_and_demo_fresh_starts_over():
+    def recipe(target: str) -> str:
+        cmd = ["make", "-n", "-s", "--no-print-directory", "-C", str(ROOT), target]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+    demo, fresh = recipe("demo"), recipe("demo-fresh")
+    assert "dcls-audio-demo --out outputs/demo" in demo and "rm " not in demo
+    assert fresh.splitlines()[0] == "rm -rf outputs/demo" and "dcls-audio-demo" in fresh
