@@ -184,11 +184,46 @@ def test_global_batch_larger_than_dataset(data_root, tmp_path):
 
 def test_missing_data_path_says_how_to_create_it(tmp_path):
     cfg = make_cfg(tmp_path / "nowhere")
-    with pytest.raises(
-        FileNotFoundError, match="data.train_files.*dcls-audio-synthetic.*dcls-audio-pack audioset"
-    ):
+    with pytest.raises(FileNotFoundError, match="data.train_files.*dcls-audio-synthetic --out"):
         run(cfg, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "maker", "wrong"),
+    [
+        (["experiment=demo"], "`dcls-audio-sounds --out {root} --clip-seconds 5.0` (or `make "
+         "demo`", "dcls-audio-synthetic"),
+        (["data=sounds"], "dcls-audio-sounds --out {root} ", "dcls-audio-synthetic"),
+        (["data=synthetic"], "`dcls-audio-synthetic --out {root}`", "dcls-audio-sounds"),
+        (["data=audioset"], "`dcls-audio-pack audioset --audio-dir <clips> --segments "
+         "<split>_segments.csv --out {root}/balanced_train.h5`", "dcls-audio-synthetic"),
+        (["data=custom"], "`dcls-audio-pack custom --audio-dir <audio> --csv <meta.csv> --out "
+         "{root}/own.h5 --clip-seconds 5.0`", "dcls-audio-synthetic"),
+    ],
+)  # fmt: skip
+def test_missing_data_names_the_maker_of_its_own_config(tmp_path, overrides, maker, wrong):
+    from dcls_audio.config import compose_config
+    from dcls_audio.train.loaders import resolve_data_files
+
+    root = tmp_path / "nowhere"
+    cfg = compose_config([*overrides, f"data.root={root}"])
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_data_files(cfg.data, "train_files")
+    text = str(err.value)
+    assert text.startswith(f"data.train_files: {root}/")
+    assert maker.format(root=root) in text and wrong not in text
+    assert "{dir}" not in text and "{file}" not in text
+
+
+def test_a_data_config_without_a_make_hint_gets_the_general_one(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dcls_audio.train.loaders import resolve_data_files
+
+    data = OmegaConf.create({"train_files": [str(tmp_path / "x.h5")]})
+    with pytest.raises(FileNotFoundError, match=f"dcls-audio-synthetic --out {tmp_path}`"):
+        resolve_data_files(data, "train_files")
 
 
 def test_data_globs_expand(data_root, tmp_path):

@@ -40,8 +40,20 @@ def absolute_path(path: str) -> str:
         return os.path.abspath(path)
 
 
+# how to make missing files when the data config has no ``make_hint`` (a config of one's own)
+DEFAULT_MAKE_HINT = (
+    "For a quick run, create the synthetic set with `dcls-audio-synthetic --out {dir}` and train "
+    "with `data=synthetic`. For AudioSet, pack each split into the PANNs HDF5 layout, e.g. "
+    "`dcls-audio-pack audioset --audio-dir <clips> --segments <split>_segments.csv --out {file}`"
+)
+
+
 def resolve_data_files(data_cfg: Any, key: str) -> list[str]:
-    """Absolute paths of ``data.<key>`` (globs expanded); a missing file says how to make it."""
+    """Absolute paths of ``data.<key>`` (globs expanded); a missing file says how to make it.
+
+    The way to make it is the data config's own ``make_hint`` (``{dir}`` and ``{file}`` stand
+    for the missing file's folder and path), or :data:`DEFAULT_MAKE_HINT`.
+    """
     entries = data_cfg[key]
     if entries is None or isinstance(entries, str) or len(entries) == 0:
         raise ValueError(f"data.{key} must be a non-empty list of HDF5 paths, got {entries!r}")
@@ -52,13 +64,11 @@ def resolve_data_files(data_cfg: Any, key: str) -> list[str]:
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
             target = path.replace("*", "")
+            hint = str(data_cfg.get("make_hint") or DEFAULT_MAKE_HINT).rstrip(". ")
+            hint = hint.replace("{dir}", str(Path(path).parent)).replace("{file}", target)
             raise FileNotFoundError(
-                f"data.{key}: {entry} ({path}) does not exist. For a quick run, create the "
-                f"synthetic set with `dcls-audio-synthetic --out {Path(path).parent}` and train "
-                "with `data=synthetic`. For AudioSet, pack each split into the PANNs HDF5 layout, "
-                "e.g. `dcls-audio-pack audioset --audio-dir <clips> --segments "
-                f"<split>_segments.csv --out {target}`, or set data.root / data.{key}=[...] to "
-                "existing files."
+                f"data.{key}: {entry} ({path}) does not exist. {hint}. Or set data.root or "
+                f"data.{key}=[...] to existing files."
             )
         files.extend(matches)
     return files
