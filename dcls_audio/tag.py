@@ -52,7 +52,7 @@ __all__ = [
     "tag_file",
 ]
 
-# --timeline defaults: chosen on a generated tuning set (README, "Timeline")
+# --timeline defaults: chosen on a generated tuning set (docs/tagging.md, the timeline)
 TIMELINE_DEFAULTS = {"hop": 0.5, "threshold": 0.5, "median": 0.0, "min_duration": 0.0,
                      "min_gap": 0.0}  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""The package's layer map (README "Architecture"): no import of a higher layer, no circles."""
+"""The package's layer map (docs/architecture.md): no import of a higher layer, no circles."""
 
 import ast
 from pathlib import Path

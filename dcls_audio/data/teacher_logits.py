@@ -3,7 +3,7 @@
 Layout (written by ``dcls-audio-teacher``, read here)::
 
     audio_name  (N,)   S20      the packed clips' names, in the order of the input files
-    logits      (N, C) float16  the teacher's logits of each clip, unaugmented (see README)
+    logits      (N, C) float16  the teacher's logits per clip, unaugmented (docs/distillation.md)
     attrs: format, num_classes, task, rows_done, teachers (JSON: path, sha256, weights),
            source_files (JSON)
 
