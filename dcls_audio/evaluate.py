@@ -73,8 +73,8 @@ def evaluate_checkpoint(
     from dcls_audio.train.distributed import distributed_session, pick_device, resolve_env
     from dcls_audio.train.evaluate import ShardedEvalSampler, predict
     from dcls_audio.train.loaders import saved_clip_and_task
-    from dcls_audio.train.preempt import loader_worker_init
     from dcls_audio.train.tasks import build_task
+    from dcls_audio.workers import loader_options
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
@@ -92,8 +92,7 @@ def evaluate_checkpoint(
             dataset,
             batch_size,
             sampler=ShardedEvalSampler(len(dataset), env.rank, env.world_size),
-            num_workers=num_workers,
-            worker_init_fn=loader_worker_init,  # die with this process, leave signals to it
+            **loader_options(num_workers),  # die with this process, leave signals to it
         )
         frontend = LogMelFrontend().to(dev).eval()
         start = time.time()

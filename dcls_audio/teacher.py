@@ -83,6 +83,7 @@ def write_teacher_logits(
     from dcls_audio.train.distributed import barrier, distributed_session, pick_device, resolve_env
     from dcls_audio.train.evaluate import ShardedEvalSampler, predict
     from dcls_audio.train.loaders import saved_clip_and_task
+    from dcls_audio.workers import loader_options
 
     if batch_size < 1 or block < 1:
         raise ValueError(f"--batch-size and --block must be >= 1, got {batch_size}, {block}")
@@ -124,8 +125,8 @@ def write_teacher_logits(
             loader = DataLoader(
                 subset,
                 batch_size,
-                num_workers=num_workers,
                 sampler=ShardedEvalSampler(len(subset), env.rank, env.world_size),
+                **loader_options(num_workers),  # die with this process, leave signals to it
             )
             probs = [predict(t.model, frontend, loader, dev, amp_dtype=amp,
                              activation=activation)[0] for t in teachers]  # fmt: skip

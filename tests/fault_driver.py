@@ -15,6 +15,9 @@ the wait. What happens where:
 - ``FAULT_PAUSE=save:N``: in the middle of writing the N-th ``last.pt`` (a partial temporary
   file beside it).
 - ``FAULT_PAUSE=item:0``: in the first clip read (evaluate).
+- ``FAULT_PAUSE=worker:N``: in the N-th loader worker process to start (counted over the run,
+  training and evaluation loaders), after torch's worker set-up and before the worker's own
+  init: the moment a starting worker is most exposed to a signal sent to the group.
 - ``FAULT_FSIZE=K:BYTES``: after step K, a file size limit (RLIMIT_FSIZE) of BYTES in the
   training process (not in its loader workers, whose batches are shared-memory files).
 - ``FAULT_TRUNCATE=K:PATH``: after step K, PATH is cut to a third of its size.
@@ -120,24 +123,51 @@ def patch_saves(nth: int) -> None:
     checkpoint.atomic_write = atomic_write
 
 
+def _worker_ordinal() -> int:
+    """This worker's place among the run's worker starts (1, 2, ...), counted through files."""
+    n = 1
+    while True:
+        try:
+            os.close(os.open(FAULT_DIR / f"worker-start-{n}", os.O_CREAT | os.O_EXCL))
+            return n
+        except FileExistsError:
+            n += 1
+
+
+def patch_worker_start(nth: int) -> None:
+    """Pause in the ``nth`` loader worker to start, before its init runs."""
+    from dcls_audio import workers
+
+    init = workers.loader_worker_init
+
+    def paused_init(worker_id: int = 0) -> None:
+        if _worker_ordinal() == nth:
+            pause(f"worker {worker_id} starting")
+        init(worker_id)
+
+    workers.loader_worker_init = paused_init
+
+
 def install_faults() -> None:
     """Patch the package as the FAULT_* variables say."""
     point, arg = _at(os.environ.get("FAULT_PAUSE", ""))
     if point in ("eval", "item"):
         patch_reads(point)
+    if point == "worker":
+        patch_worker_start(int(arg))
     if point == "save":
         patch_saves(int(arg))
     if os.environ.get("FAULT_FSIZE"):  # the run directory's disk fills up, not /dev/shm
-        from dcls_audio.train import preempt
+        from dcls_audio import workers
 
-        worker_init = preempt.loader_worker_init
+        worker_init = workers.loader_worker_init
 
         def unlimited_worker(worker_id: int) -> None:
             limit = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
             worker_init(worker_id)
 
-        preempt.loader_worker_init = unlimited_worker
+        workers.loader_worker_init = unlimited_worker
     if os.environ.get("FAULT_PREHANDLER"):
 
         def requeue(signum: int, frame: Any) -> None:  # stands for submitit's handler

@@ -12,6 +12,7 @@ middle of writing its last.pt. The covering subset runs in `make test`; the whol
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -25,10 +26,12 @@ from faultlib import (
     BIN,
     Stopped,
     assert_same_final_state,
+    descendants,
     driver,
     env,
     load,
     run_to_end,
+    running,
     start,
     stop,
     temporaries,
@@ -171,6 +174,100 @@ def test_stop_signal(name, moment, target, workers, data_root, reference, tmp_pa
     output = resume_and_compare(over, run_dir, reference, tmp_path / "resume.log")
     if expected[3]:  # the evaluation the stop ended comes first
         assert output.index(f"eval epoch {expected[1]}") < output.index("epoch 3/3")
+
+
+# (which worker start is paused, persistent training workers, how the stop comes, expected
+# (step, epoch, epoch_step, eval_pending)). One loader worker; starts are counted over the run:
+# with persistent training workers start 1 is the training loader's (for the whole run) and
+# start 2 the first evaluation's (of the weights; 3: of the EMA); without, start 4 is the
+# training loader's of epoch 2.
+# "group": SIGTERM to the process group; "kill-worker": SIGTERM to the training process, then
+# SIGKILL to the starting worker (a worker that dies during a stop).
+WORKER_STARTS = [
+    pytest.param(2, True, "group", (SPE, 1, 0, True), marks=pytest.mark.slow, id="eval-group"),
+    pytest.param(
+        2, True, "kill-worker", (SPE, 1, 0, True), marks=pytest.mark.slow, id="eval-kill-worker"
+    ),
+    pytest.param(4, False, "group", (SPE, 1, 0, False), marks=pytest.mark.faults, id="epoch-group"),
+    pytest.param(
+        4, False, "kill-worker", (SPE, 1, 0, False), marks=pytest.mark.faults,
+        id="epoch-kill-worker",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("nth", "persistent", "how", "expected"), WORKER_STARTS)
+def test_stop_while_a_loader_worker_starts(
+    nth, persistent, how, expected, data_root, reference, tmp_path
+):
+    """A stop while a loader worker starts: the run stops at its last step, never fails.
+
+    "group": the signal lands in the worker before its own init has run, the moment in which
+    a worker born with the stop signals unblocked dies of torch's worker SIGTERM handler; it
+    must live. "kill-worker": the worker dies during the stop anyway, which is part of the
+    stop, not an error ("DataLoader worker exited unexpectedly"). The pause makes the moment
+    certain.
+    """
+    cell = f"TERM-worker{nth}-{how}-{'persistent' if persistent else 'per-epoch'}"
+    fault_dir, run_dir, log = tmp_path / "fault", tmp_path / "run", tmp_path / "run.log"
+    fault_dir.mkdir()
+    over = overrides(data_root, 1, f"data.persistent_workers={str(persistent).lower()}")
+    faults = {"pause": f"worker:{nth}"}
+    proc = start(driver("train", *over, f"hydra.run.dir={run_dir}"), log, env(fault_dir, **faults))
+    wait_paused(proc, fault_dir, log)
+    worker = int((fault_dir / "paused").read_text().split()[-1])
+    assert worker != proc.pid and worker in descendants(proc.pid)
+    if how == "group":
+        os.killpg(proc.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        assert running(worker), "the starting worker died of the signal sent to the group"
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        os.kill(worker, signal.SIGKILL)
+    out = stop(proc, log, [], True, fault_dir)
+    check_exit(out, cell, 143)
+    saved = load(run_dir / "last.pt")
+    found = (saved["step"], saved["epoch"], saved["epoch_step"], saved["eval_pending"])
+    assert found == expected, f"{cell}: (step, epoch, epoch_step, eval_pending) {found}"
+    assert f"saved step {expected[0]}" in out.output
+    resume_and_compare(over, run_dir, reference, tmp_path / "resume.log")
+
+
+def random_sigterms_after_steps(data_root, tmp_path, repeats: int, seed: int = 0) -> list:
+    """SIGTERM to the group of one-step-epoch runs, 0-0.15 s after a step line; the outcomes.
+
+    One loader worker that starts every epoch (persistent workers off), so the signal often
+    lands while the next epoch's worker starts. Each outcome is (exit status, output).
+    """
+    rng = random.Random(seed)
+    over = [
+        *overrides(data_root, 1, "data.persistent_workers=false", batch=2),
+        "trainer.epochs=40", "trainer.eval_every=0", "trainer.max_eval_samples=2",
+        "trainer.ema=false",
+    ]  # fmt: skip
+    outcomes = []
+    for i in range(repeats):
+        run_dir, log = tmp_path / f"run{i}", tmp_path / f"run{i}.log"
+        proc = start(train_py(over, run_dir), log, env())
+        k = rng.randint(2, 5)
+        deadline = time.monotonic() + 120
+        while log.read_text(errors="replace").count(" step ") < k and proc.poll() is None:
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.15))
+        out = stop(proc, log, [signal.SIGTERM], True)
+        outcomes.append((out.rc, out.output))
+    return outcomes
+
+
+@pytest.mark.faults
+def test_random_sigterms_while_workers_start(synthetic_root, tmp_path):
+    """25 SIGTERMs to one-step-epoch runs just after a step line: every one a clean stop."""
+    repeats = int(os.environ.get("FAULT_REPEATS", "25"))
+    outcomes = random_sigterms_after_steps(synthetic_root(2), tmp_path, repeats)
+    bad = [(rc, out[-2000:]) for rc, out in outcomes if rc != 143 or "saved step" not in out]
+    assert not bad, f"{len(bad)} of {repeats} did not stop cleanly; first: {bad[0]}"
 
 
 @pytest.mark.slow
@@ -366,7 +463,8 @@ def test_a_truncated_file_is_an_error_naming_file_and_row(workers, synthetic_roo
     from torch.utils.data import DataLoader
 
     from dcls_audio.data.hdf5 import AudioSetHDF5, DataReadError
-    from dcls_audio.train.preempt import batches, loader_worker_init
+    from dcls_audio.train.preempt import batches
+    from dcls_audio.workers import loader_worker_init
 
     copy = tmp_path / "train.h5"
     shutil.copy(synthetic_root(8) / "train.h5", copy)

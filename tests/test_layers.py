@@ -9,7 +9,13 @@ PACKAGE = ROOT / "dcls_audio"
 
 # lowest first; a module may import its own layer's modules and any lower layer's
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("dcls_audio", "dcls_audio.runfiles", "dcls_audio.config", "dcls_audio.lockfile")),
+    (
+        "base",
+        (
+            "dcls_audio", "dcls_audio.runfiles", "dcls_audio.config", "dcls_audio.lockfile",
+            "dcls_audio.workers",
+        ),
+    ),
     ("dcls", ("dcls_audio.dcls",)),
     ("data", ("dcls_audio.data",)),
     ("models", ("dcls_audio.models",)),

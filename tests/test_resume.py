@@ -177,6 +177,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     data_root, tmp_path, monkeypatch
 ):
     from dcls_audio.data import AudioSetHDF5
+    from dcls_audio.data.sampling import EpochIndex
     from dcls_audio.train.log import NonFiniteLossError
 
     cfg = make_cfg(data_root, "trainer.epochs=2", "trainer.warmup_epochs=0", "augment=none")
@@ -184,7 +185,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 
     def nan_in_epoch_two(self, index):
         wave, target = clean(self, index)
-        return (wave * float("nan") if self.train and self.epoch == 1 else wave), target
+        epoch = index.epoch if isinstance(index, EpochIndex) else self.epoch  # the sampler's
+        return (wave * float("nan") if self.train and epoch == 1 else wave), target
 
     monkeypatch.setattr(AudioSetHDF5, "__getitem__", nan_in_epoch_two)
     with pytest.raises(

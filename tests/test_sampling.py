@@ -54,3 +54,34 @@ def test_errors():
         class_balanced_weights(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="rank must be in"):
         BalancedDistributedSampler(np.eye(2), num_replicas=2, rank=2)
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_persistent_workers_draw_each_epoch_as_in_process(synthetic_root, start):
+    """Persistent workers never see set_epoch: the epoch comes with each index instead."""
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from dcls_audio.data import AudioSetHDF5
+    from dcls_audio.train.loaders import ResumableSampler
+    from dcls_audio.workers import loader_options
+
+    ds = AudioSetHDF5(synthetic_root(8) / "train.h5", num_classes=16, train=True, seed=3)
+    sampler = ResumableSampler(DistributedSampler(ds, 1, 0, shuffle=True, seed=3))
+    loader = DataLoader(ds, 2, sampler=sampler, **loader_options(1, persistent=True))
+    workers = set()
+    for epoch in range(3):
+        sampler.set_epoch(epoch, start=start if epoch == 1 else 0)
+        got = torch.cat([wave for wave, _ in loader])
+        workers.add(id(loader._iterator))
+        ds.set_epoch(epoch)  # the in-process reference, in the sampler's order
+        reference = DistributedSampler(ds, 1, 0, shuffle=True, seed=3)
+        reference.set_epoch(epoch)
+        order = list(reference)[start if epoch == 1 else 0 :]
+        want = torch.stack([ds[i][0] for i in order])
+        assert torch.equal(got, want), f"epoch {epoch}"
+    assert len(workers) == 1 and loader._iterator._workers[0].is_alive()  # one start, kept
+    from dcls_audio.train.preempt import shutdown_workers
+
+    shutdown_workers(loader)
+    assert loader._iterator is None

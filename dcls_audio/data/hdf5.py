@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .sampling import EpochIndex
 from .waveform import CLIP_SAMPLES, INT16_SCALE, SAMPLE_RATE, WaveformAugment
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,8 @@ class AudioSetHDF5(Dataset):
     not depend on the number of workers; ``augment`` sets the roll and speed perturbation
     (default: the paper's). ``clip_samples`` is the stored clip length (``data.clip_seconds``);
     ``fold`` keeps only that fold (``fold_mode="only"``) or every other (``"exclude"``) of files
-    with a ``fold`` key. ``set_epoch`` must be called before creating the epoch's
-    iterator (it does not reach already running persistent workers).
+    with a ``fold`` key. An item's epoch is the one its index carries (an `EpochIndex`, as the
+    training sampler yields them: it reaches persistent workers), else the one `set_epoch` set.
     """
 
     def __init__(
@@ -263,10 +264,13 @@ class AudioSetHDF5(Dataset):
         """Bool target row of usable row ``index`` (kept in memory, no file access)."""
         return np.unpackbits(self._targets[index], count=self.num_classes).view(np.bool_)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int | EpochIndex) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch = self.epoch
+        if isinstance(index, EpochIndex):
+            epoch, index = index
         raw, target = self.read_raw(index)
         if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, index % len(self)])
+            rng = np.random.default_rng([self.seed, epoch, index % len(self)])
             wave = self.augment(raw, rng)
         else:
             wave = np.multiply(raw, INT16_SCALE)

@@ -12,10 +12,22 @@ same clips. Clips without any label get weight 0 (never drawn).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+
+class EpochIndex(NamedTuple):
+    """A training item's index with the epoch whose augmentation draws it takes.
+
+    Persistent loader workers hold copies of the dataset made when they started, which never
+    see an epoch set in the training process later: the epoch travels with each index instead.
+    """
+
+    epoch: int
+    index: int
 
 
 def class_balanced_weights(targets: np.ndarray) -> np.ndarray:

@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import logging
-import multiprocessing as mp
 import os
 import re
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 from dcls_audio.data.labels import read_class_index
 from dcls_audio.data.waveform import CLIP_SAMPLES, SAMPLE_RATE
 from dcls_audio.runfiles import write_json
+from dcls_audio.workers import loader_worker_init, stop_safe_context
 
 from .common import AUDIO_SUFFIXES, append_row, load_task
 
@@ -180,7 +180,8 @@ def pack(
         if done:
             log.info("resuming %s: %d rows already written", partial, len(done))
         # "spawn": forked children of a process that already ran torch's OpenMP code can deadlock
-        pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+        # workers leave stop signals to this process, which ends them (pool.terminate)
+        pool = stop_safe_context("spawn").Pool(workers, loader_worker_init) if workers > 1 else None
         try:
             results = pool.imap(load_task, todo, chunksize=4) if pool else map(load_task, todo)
             for i, clip, err in results:

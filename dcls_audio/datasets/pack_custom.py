@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from tqdm import tqdm
 from dcls_audio.data.labels import ClassIndex, read_class_index, write_class_index
 from dcls_audio.data.waveform import SAMPLE_RATE
 from dcls_audio.runfiles import write_json
+from dcls_audio.workers import loader_worker_init, stop_safe_context
 
 from .common import AUDIO_SUFFIXES, append_row, load_task
 
@@ -248,7 +248,8 @@ def pack_custom(
         if done:
             log.info("resuming %s: %d rows already written", partial, len(done))
         todo = [(i, str(audio_dir / items[i].name)) for i in todo_all if items[i].name not in done]
-        pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+        # workers leave stop signals to this process, which ends them (pool.terminate)
+        pool = stop_safe_context("spawn").Pool(workers, loader_worker_init) if workers > 1 else None
         try:
             tasks = [(i, p, clip_samples) for i, p in todo]
             results = pool.imap(load_task, tasks, chunksize=4) if pool else map(load_task, tasks)

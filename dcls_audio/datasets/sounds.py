@@ -38,6 +38,7 @@ from scipy.signal import lfilter
 
 from dcls_audio.data.labels import write_class_index
 from dcls_audio.data.waveform import SAMPLE_RATE, float_to_int16
+from dcls_audio.workers import loader_worker_init, stop_safe_context
 
 from .common import set_paths
 from .sound_dsp import loguniform
@@ -190,12 +191,13 @@ def _check_int(name: str, value: object, low: int) -> int:
 def _pool(workers: int) -> ProcessPoolExecutor:
     """Worker processes forked from a server that has the sources (and torch) imported already."""
     if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
+        ctx = stop_safe_context("forkserver")
         # not this module itself: `python -m` runs it again in the workers, as __mp_main__
         ctx.set_forkserver_preload(["h5py", "dcls_audio.datasets.sound_sources"])
     else:
-        ctx = mp.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        ctx = stop_safe_context("spawn")
+    # workers leave stop signals to this process, which ends them when it stops
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=loader_worker_init)
 
 
 def make_sounds(

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from dcls_audio.data.sampling import ShardedEvalSampler
 from dcls_audio.train.preempt import batches
+from dcls_audio.workers import worker_died
 
 __all__ = ["EvaluationStopped", "ShardedEvalSampler", "predict"]
 
@@ -153,7 +154,14 @@ def predict(
     stopped = stop is not None and stop()  # already stopping: start no loader workers
     try:
         with torch.inference_mode(), batches(() if stopped else loader) as loader_batches:
-            for batch in loader_batches:
+            while True:
+                try:
+                    batch = next(loader_batches)
+                except StopIteration:
+                    break
+                except RuntimeError as err:  # a worker that died during a stop is the stop
+                    if not (worker_died(err) and stop is not None and stop()):
+                        raise
                 if stop is not None and stop():
                     stopped = True
                     break

@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 
 from dcls_audio.data import AudioSetHDF5, LogMelFrontend, MultiLabelMixup, load_class_labels
 from dcls_audio.data.labels import read_packed_classes
-from dcls_audio.data.sampling import BalancedDistributedSampler, ShardedEvalSampler
+from dcls_audio.data.sampling import BalancedDistributedSampler, EpochIndex, ShardedEvalSampler
 from dcls_audio.data.waveform import CLIP_SAMPLES, SAMPLE_RATE, WaveformAugment
-from dcls_audio.train.preempt import loader_worker_init
 from dcls_audio.train.tasks import check_task
+from dcls_audio.workers import loader_options
 
 
 def absolute_path(path: str) -> str:
@@ -110,25 +110,29 @@ def batch_augment(aug_cfg: Any, device: torch.device) -> tuple[LogMelFrontend, M
     return frontend, mixup
 
 
-class ResumableSampler(Sampler[int]):
+class ResumableSampler(Sampler[EpochIndex]):
     """A per-epoch sampler that can start an epoch after its first ``start`` indices.
 
     The wrapped sampler's order is a function of (seed, epoch), so a run resumed inside an
     epoch draws the same remaining clips as the interrupted one, without reading the skipped
-    ones. ``start`` applies to the next epoch set with `set_epoch` only.
+    ones. ``start`` applies to the next epoch set with `set_epoch` only. Each index comes with
+    its epoch (`EpochIndex`), for the dataset's augmentation draws in persistent workers.
     """
 
     def __init__(self, sampler: Any) -> None:
         self.sampler = sampler
         self.start = 0
+        self.epoch = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch's order and the number of its indices to skip."""
         self.sampler.set_epoch(epoch)
+        self.epoch = int(epoch)
         self.start = int(start)
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.sampler), self.start, None)
+    def __iter__(self) -> Iterator[EpochIndex]:
+        epoch, order = self.epoch, iter(self.sampler)
+        return (EpochIndex(epoch, i) for i in itertools.islice(order, self.start, None))
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.start)
@@ -143,8 +147,8 @@ class WithIndex(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
-        return (*self.dataset[index], index)
+    def __getitem__(self, index: int | EpochIndex) -> tuple[Any, ...]:
+        return (*self.dataset[index], index.index if isinstance(index, EpochIndex) else index)
 
     def __getattr__(self, name: str) -> Any:
         if name == "dataset":  # not set yet (unpickling in a worker)
@@ -179,8 +183,9 @@ def build_loaders(
     """Training loader (shuffled per epoch, drop_last) and evaluation loader (each clip once).
 
     The files come from `resolve_data_files` (called before a run creates anything).
-    ``with_index``: training items are (waveform, target, index), for stored teacher logits. Workers
-    start with `loader_worker_init`: they die with the process and leave stop signals to it.
+    ``with_index``: training items are (waveform, target, index), for stored teacher logits.
+    Workers are born with the stop signals blocked and leave them to this process
+    (`loader_options`); the training loader's live for the run (``data.persistent_workers``).
     """
     num_classes = int(data_cfg.num_classes)
     train_kw, eval_kw = dataset_options(data_cfg)  # sample rate, clip length, fold split
@@ -199,17 +204,15 @@ def build_loaders(
     # a run resumed inside an epoch restores to the draws of the interrupted step (drop path)
     train = DataLoader(
         WithIndex(train_ds) if with_index else train_ds, batch_size, sampler=sampler,
-        num_workers=workers, pin_memory=pin,
-        drop_last=True, generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=loader_worker_init,
+        pin_memory=pin, drop_last=True, generator=torch.Generator().manual_seed(seed),
+        **loader_options(workers, persistent=bool(data_cfg.persistent_workers)),
     )  # fmt: skip
-    eval_loader = DataLoader(
+    eval_loader = DataLoader(  # evaluations are rarer than epochs: its workers start each time
         eval_ds,
         int(eval_batch_size or batch_size),
         sampler=ShardedEvalSampler(len(eval_ds), rank, world_size),
-        num_workers=workers,
         pin_memory=pin,
-        worker_init_fn=loader_worker_init,
+        **loader_options(workers),
     )
     return Loaders(train=train, sampler=sampler, eval=eval_loader)
 

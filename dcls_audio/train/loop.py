@@ -12,7 +12,7 @@ saves) and the `RunState` (its progress).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import torch
@@ -30,6 +30,23 @@ from dcls_audio.train.distributed import (
 from dcls_audio.train.evaluate import EvaluationStopped, predict
 from dcls_audio.train.parts import Plan, Recipe, RunIO, Trainee, autocast, seed_epoch
 from dcls_audio.train.preempt import batches
+from dcls_audio.workers import worker_died
+
+
+def fetch_step(batches: Iterator, accum_steps: int, stopping: Callable[[], bool]) -> list | None:
+    """The micro-batches of one optimizer step; None when a loader worker died during a stop.
+
+    A worker that ends after this process received a stop signal is part of the stop: the run
+    saves its last complete step and exits as stopped. Without a stop it is an error.
+    """
+    if stopping():  # the loop stops before this step: read nothing more
+        return None
+    try:
+        return [next(batches) for _ in range(accum_steps)]
+    except RuntimeError as err:
+        if worker_died(err) and stopping():
+            return None
+        raise
 
 
 def train_epoch(
@@ -43,23 +60,29 @@ def train_epoch(
     generators: tuple[torch.Generator, torch.Generator],
     on_step: Callable[[int, torch.Tensor], None],
     stop: Callable[[], bool],
+    stopping: Callable[[], bool],
 ) -> int:
     """Run up to ``n_steps`` optimizer steps of ``epoch`` from step ``step``; return the step.
 
     ``generators`` draw (mixup, random erasing); ``on_step(step, loss)`` receives each step's
-    loss (a device tensor, not synchronised); ``stop()`` ends the epoch early after a step.
+    loss (a device tensor, not synchronised). A step starts once its batches are in hand and
+    ``stop()`` (all ranks agree) is false; ``stopping()`` says whether this process has a stop
+    signal, before any rank has acted on it. The loader's sampler carries the epoch.
     """
     model, r, device = trainee.model, recipe, recipe.device
     model.train()
     r.frontend.train()
     mix_gen, erase_gen = generators
-    loader.dataset.set_epoch(epoch)
-    with batches(loader) as micro_batches:  # its workers end with the epoch, however it ends
+    # its workers end with the epoch, or with the run when persistent; none start on a stop
+    with batches(() if stopping() else loader) as loader_batches:
         for _ in range(n_steps):
+            micro_batches = fetch_step(loader_batches, r.accum_steps, stopping)
+            if stop():
+                break
+            assert micro_batches is not None  # a stop signal here is a stop on every rank
             step_loss = torch.zeros((), device=device)
-            for micro in range(r.accum_steps):
-                waveform, target, *index = next(micro_batches)  # index: stored teacher logits
-                waveform = waveform.to(device, non_blocking=True)
+            for micro, (waveform, target, *index) in enumerate(micro_batches):
+                waveform = waveform.to(device, non_blocking=True)  # index: stored teacher logits
                 target = target.to(device, non_blocking=True)
                 with torch.no_grad():
                     spec = r.frontend(waveform, generator=erase_gen)
@@ -83,8 +106,6 @@ def train_epoch(
                 trainee.ema.update(model, step=step)
             r.scheduler.step_update(num_updates=step)
             on_step(step, step_loss)
-            if stop():
-                break
     return step
 
 
@@ -214,6 +235,7 @@ def fit(
                 trainee, recipe, loaders.train, epoch=epoch, step=state.step,
                 n_steps=min(plan.steps_per_epoch - done, plan.total_steps - state.step),
                 generators=generators, on_step=step_hook, stop=io.stop.requested,
+                stopping=io.stop.pending,
             )  # fmt: skip
             stats = io.step_log.end()
             state.train_time_s += stats["train_time_s"]

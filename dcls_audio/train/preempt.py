@@ -10,20 +10,19 @@ whose exit status is 128 + the signal number, as a shell reports a process the s
 (submitit's requeue) is then called once, however many signals arrived, so the requeued job
 resumes from a checkpoint that already exists. Run again in the same directory to resume.
 
-DataLoader workers (`loader_worker_init`) leave the stop signals to the training process, so a
-signal sent to the whole process group (a terminal's Ctrl-C, SLURM, torchrun) cannot kill them
-before the step is saved; they still end when their parent shuts them down (`batches`) or
-terminates them, and they die with it (``PR_SET_PDEATHSIG``) if it is killed.
+Loader workers leave the stop signals to the training process (`dcls_audio.workers`: born with
+them blocked, so a signal to the whole process group cannot kill one, not even while it
+starts); they end when the loop shuts them down (`batches`, `shutdown_workers`). Once a stop
+signal has been received, a worker that dies anyway (killed from outside) is part of the stop,
+not an error (`worker_died`; `StopSignal` holds back torch's SIGCHLD error until the loop has
+saved the step).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import multiprocessing
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterable, Iterator
 from types import FrameType
@@ -32,8 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+from dcls_audio.workers import STOP_SIGNALS, worker_died
 
 
 def exit_status(signum: int) -> int:
@@ -78,6 +76,7 @@ class StopSignal:
         self.signum: int | None = None  # the stop signal all ranks agreed on (`requested`)
         self.interrupted = False  # a second SIGINT: stop now
         self._previous: dict[int, Any] = {}
+        self._child_handler: Any = None  # torch's SIGCHLD handler, while it is wrapped
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():  # handlers need the main thread
@@ -88,6 +87,9 @@ class StopSignal:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._child_handler is not None:
+            signal.signal(signal.SIGCHLD, self._child_handler)
+            self._child_handler = None
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -95,10 +97,31 @@ class StopSignal:
             self.received = signum
             again = " (Ctrl-C again: stop now, without saving)" if signum == signal.SIGINT else ""
             _say(f"{name}: stopping after this optimizer step, with a checkpoint{again}")
+            self._hold_worker_errors()
         elif signum == signal.SIGINT:
             _say(f"{name} again: stopping now; last.pt keeps the last completed save")
             self.interrupted = True
             raise KeyboardInterrupt
+
+    def _hold_worker_errors(self) -> None:
+        """From now on a loader worker's death is not raised mid-step by torch's SIGCHLD handler.
+
+        The step under way finishes; the loop then stops before fetching another batch.
+        """
+        previous = signal.getsignal(signal.SIGCHLD)
+        if not callable(previous) or self._child_handler is not None:
+            return
+
+        def on_child(signum: int, frame: FrameType | None) -> None:
+            try:
+                previous(signum, frame)
+            except RuntimeError as err:
+                if not worker_died(err):
+                    raise
+                _say(f"during the stop: {err}")
+
+        self._child_handler = previous
+        signal.signal(signal.SIGCHLD, on_child)
 
     def pending(self) -> bool:
         """True when this process has received a stop signal (no communication)."""
@@ -159,62 +182,33 @@ def exit_on_signal(command: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def batches(loader: Iterable) -> Iterator[Iterator]:
-    """``iter(loader)``, whose worker processes are shut down when the block ends, however it ends.
+    """``iter(loader)``, whose worker processes are shut down when the block ends.
 
     Without this an iterator kept alive by a traceback (an error, a stop) keeps its workers
-    until the interpreter's exit, where multiprocessing joins them.
+    until the interpreter's exit, where multiprocessing joins them. A loader with persistent
+    workers keeps them when the block ends normally (the next epoch reuses them) and shuts
+    them down when it ends by an exception; `shutdown_workers` ends them for good.
     """
     it = iter(loader)
+    persistent = getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0)
+    ok = False
     try:
         yield it
+        ok = True
     finally:
-        shutdown = getattr(it, "_shutdown_workers", None)  # torch's multi-process iterator
-        if shutdown is not None:
-            shutdown()
-        elif hasattr(it, "close"):  # a generator over a loader (e.g. a progress bar)
-            it.close()
+        if persistent and not ok:
+            shutdown_workers(loader)
+        elif not persistent:
+            shutdown = getattr(it, "_shutdown_workers", None)  # torch's multi-process iterator
+            if shutdown is not None:
+                shutdown()
+            elif hasattr(it, "close"):  # a generator over a loader (e.g. a progress bar)
+                it.close()
 
 
-def _parent_pid() -> int:
-    """Process id of the process that started this one."""
-    parent = multiprocessing.parent_process()
-    return parent.pid if parent is not None and parent.pid else os.getppid()
-
-
-def _no_op(signum: int, frame: FrameType | None) -> None:
-    """A signal handler that does nothing."""
-
-
-def _watch_stop_signals(parent: int) -> None:
-    """Worker thread: take the blocked stop signals; exit on the parent's own SIGTERM only.
-
-    A SIGTERM from the parent is `Process.terminate()` (the loader or multiprocessing shutting
-    the worker down); SIGTERM, SIGUSR2 or SIGINT from anyone else is a stop for the parent to
-    act on, after which it shuts the workers down itself.
-    """
-    while True:
-        info = signal.sigwaitinfo(set(STOP_SIGNALS))
-        if info.si_signo == signal.SIGTERM and info.si_pid == parent:
-            os._exit(0)
-
-
-def loader_worker_init(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: never outlive the parent; leave stop signals to it.
-
-    The worker dies with its parent (``PR_SET_PDEATHSIG`` = SIGKILL on Linux; torch's own
-    watchdog elsewhere), blocks SIGTERM, SIGUSR2 and SIGINT and takes them on a thread that
-    exits only on its parent's SIGTERM, so that the parent can still terminate it.
-    """
-    parent = _parent_pid()
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    for sig in STOP_SIGNALS:  # handled, not ignored: an ignored signal never reaches sigwaitinfo
-        signal.signal(sig, _no_op)
-    watcher = threading.Thread(
-        target=_watch_stop_signals, args=(parent,), name="stop-signals", daemon=True
-    )
-    watcher.start()
+def shutdown_workers(loader: Any) -> None:
+    """End the persistent workers of a DataLoader (nothing when it has none running)."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+        loader._iterator = None

@@ -43,7 +43,7 @@ from dcls_audio.train.log import RunLogger, StepLog
 from dcls_audio.train.loop import fit
 from dcls_audio.train.optim import build_scheduler
 from dcls_audio.train.parts import ModelEma, Plan, Recipe, RunIO, Trainee, configure_determinism
-from dcls_audio.train.preempt import Preempted, StopSignal
+from dcls_audio.train.preempt import Preempted, StopSignal, shutdown_workers
 
 
 def hydra_run_dir() -> str | None:
@@ -246,5 +246,6 @@ def _train(
             raise KeyboardInterrupt from err  # (torch.save's writer: "unexpected pos")
         raise
     finally:
+        shutdown_workers(loaders.train)  # persistent: they live until the run ends
         logger.close()
     return metrics
