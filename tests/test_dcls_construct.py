@@ -56,27 +56,39 @@ CASES = [
 ]
 
 
+def _rel(actual, expected) -> float:
+    """max|actual - expected| / max|expected|, in float64."""
+    expected = expected.double()
+    return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
+
+
 @pytest.mark.parametrize("version", ["gauss", "bilinear"])
 @pytest.mark.parametrize("ndim,out_ch,in_ch,count,size", CASES)
 def test_matches_reference_package(ndim, out_ch, in_ch, count, size, version):
+    """Kernel and every gradient: within 1e-5 (relative to the largest) of the `dcls` package
+    and within 5e-6 of the float64 brute force with autograd (ours is mostly the closer: the
+    package rounds P + size // 2 before subtracting, ours subtracts the exact integer offset)."""
     w, p, s = _params(ndim, out_ch, in_ch, count)
-    ref_w, ref_p, ref_s = (t.clone().requires_grad_() for t in (w, p, s))
-    ours_w, ours_p, ours_s = (t.clone().requires_grad_() for t in (w, p.flip(0), s.flip(0)))
+    ref_in = [t.clone().requires_grad_() for t in (w, p, s)]
+    ours_in = [t.clone().requires_grad_() for t in (w, p.flip(0), s.flip(0))]
+    exact_in = [t.double().requires_grad_() for t in ours_in]
     ref_mod = REF_CONSTRUCT[ndim](out_ch, in_ch, 1, count, (size,) * ndim, REF_VERSION[version])
-    ref = ref_mod(ref_w, ref_p, ref_s)
-    ours = construct_kernel(ours_w, ours_p, ours_s, size, version)
-    assert ours.shape == (out_ch, in_ch) + (size,) * ndim
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
-
+    ref = ref_mod(*ref_in)
+    ours = construct_kernel(*ours_in, size, version)
+    exact = _dense_reference(*exact_in, (size,) * ndim, version)
+    assert ours.shape == (out_ch, in_ch) + (size,) * ndim and ours.dtype == torch.float32
     upstream = torch.randn_like(ref)
-    (ref * upstream).sum().backward()
-    (ours * upstream).sum().backward()
-    torch.testing.assert_close(ours_w.grad, ref_w.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours_p.grad, ref_p.grad.flip(0), rtol=1e-5, atol=1e-5)
-    if version == "gauss":
-        torch.testing.assert_close(ours_s.grad, ref_s.grad.flip(0), rtol=1e-5, atol=1e-5)
-    else:
-        assert ours_s.grad is None
+    live = 3 if version == "gauss" else 2
+    grads_ref = torch.autograd.grad(ref, ref_in[:live], upstream)
+    grads_ref = [g if i == 0 else g.flip(0) for i, g in enumerate(grads_ref)]
+    grads = torch.autograd.grad(ours, ours_in[:live], upstream)
+    grads_exact = torch.autograd.grad(exact, exact_in[:live], upstream.double())
+    names = "kwPS"[: live + 1]
+    for name, a, b, c in zip(names, (ours, *grads), (ref, *grads_ref), (exact, *grads_exact),
+                             strict=True):  # fmt: skip
+        assert _rel(a, b) <= 1e-5, (name, _rel(a, b))
+        assert _rel(a, c) <= 5e-6, (name, _rel(a, c))
+    assert ours_in[2].grad is None  # bilinear: SIG plays no part
 
 
 def test_bilinear_gradients_follow_paper_equations_17_to_19():
@@ -188,15 +200,13 @@ class _RecordShapes(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_never_materialises_count_times_kernel(ndim):
-    out_ch, count, size = 16, 26, 13
+def test_never_materialises_count_times_kernel():
+    """3-D (2-D: the operators' implementations, tests/test_dcls_construct_op.py)."""
+    ndim, out_ch, count, size = 3, 16, 26, 13
     w, p, s = (t.requires_grad_() for t in _params(ndim, out_ch, 1, count))
     with _RecordShapes() as rec:
         construct_kernel(w, p, s, size, "gauss").square().sum().backward()
     assert max(rec.numels) < out_ch * count * size**ndim
-    if ndim == 2:  # nothing bigger than the kernel or the per-axis profiles
-        assert max(rec.numels) <= out_ch * size * max(size, count)
 
 
 def test_bad_arguments_raise_clear_errors():

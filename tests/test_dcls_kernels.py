@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from triton_interpreter import KERNEL_CASES, MIXED_CASES, TOLERANCE, errors
+from triton_interpreter import CONSTRUCT_CASES, KERNEL_CASES, MIXED_CASES, TOLERANCE, errors
 
 from dcls_audio.dcls import Dcls2d, dwconv, tuning
 from dcls_audio.dcls.dwconv import (
@@ -60,10 +60,25 @@ def test_every_candidate_configuration_is_exact(interpreted):
         assert all(err <= tol for err in errs.values()), (key, errs)
 
 
-def test_one_launch_construction_equals_construct_kernel(interpreted):
-    """The fused inference construction (gauss, bilinear, windows) against construct_kernel."""
-    errs = interpreted["construct"]
-    assert len(errs) == 5 and all(err <= 1e-6 for err in errs.values()), errs
+def test_construction_operators_are_exact(interpreted):
+    """The Triton construction, forward and backward (gauss, bilinear, windows, rectangular, one
+    element), against float64 (max|d| / max|ref| <= 1e-6) and the `dcls` package (<= 1e-5)."""
+    cases = interpreted["construct"]
+    assert len(cases) == len(CONSTRUCT_CASES)
+    for name, errs in cases.items():
+        assert errs.pop("shape_ok") == 1.0, name
+        grads = 3 if CONSTRUCT_CASES[name][3] == "gauss" else 2
+        assert len([k for k in errs if k.startswith("d")]) == grads, (name, errs)
+        for key, err in errs.items():
+            assert err <= (1e-5 if key.startswith("package") else 1e-6), (name, key, err)
+    assert sum("package_kernel" in errs for errs in cases.values()) == 2
+
+
+def test_construction_operators_pass_opcheck_on_their_triton_kernels(interpreted):
+    ops = interpreted["construct_ops"]
+    assert len(ops) == 4
+    for name, checks in ops.items():
+        assert checks and all(v == "SUCCESS" for v in checks.values()), (name, checks)
 
 
 def test_custom_op_passes_opcheck(interpreted):
@@ -114,19 +129,22 @@ def test_cuda_layer_paths_match_cudnn(impl, fresh_choices, monkeypatch):
 
 
 @needs_cuda
-def test_cuda_layer_inference_uses_the_fused_construction(monkeypatch):
-    """In inference on CUDA the kernel is built in one launch, checked once, same output."""
-    from dcls_audio.dcls import layers
+def test_cuda_layer_builds_its_kernel_in_one_launch_each_way(monkeypatch):
+    """On CUDA the construction operators run their Triton kernels (checked once against the
+    PyTorch construction), in training and inference; same output and gradients as without."""
+    from dcls_audio.dcls import construct_op
 
     torch.manual_seed(0)
-    layer = Dcls2d(16, 16, 26, 23, padding=11, groups=16).cuda().eval()
+    layer = Dcls2d(16, 16, 26, 23, padding=11, groups=16).cuda()
     x = torch.randn(2, 16, 20, 18, device="cuda")
-    with torch.no_grad():
-        y = layer(x)
-    assert layers.FUSED_CHECKED.get(x.device) is True
+    y = layer(x)
+    grads = torch.autograd.grad(y.square().sum(), list(layer.parameters()))
+    assert construct_op.TRITON_CHECKED.get(x.device) is True
     monkeypatch.setenv("DCLS_FUSED_CONSTRUCT", "0")
-    with torch.no_grad():
-        torch.testing.assert_close(layer(x), y, rtol=1e-5, atol=1e-5 * y.abs().max().item())
+    y_ref = layer(x)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), list(layer.parameters()))
+    for a, b in zip((y, *grads), (y_ref, *grads_ref), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
 
 
 @pytest.mark.parametrize("name", MIXED_CASES)
@@ -192,10 +210,11 @@ def test_triton_kernels_compile_for_gpus_without_one(
     assert ".local" not in ptx
 
 
+@pytest.mark.parametrize("backward", [False, True])
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("gauss", [True, False])
-def test_construction_kernel_compiles(arch, gauss, tmp_path, monkeypatch):
-    """The one-launch kernel construction compiles for sm_80 and sm_90 without spills."""
+def test_construction_kernel_compiles(arch, gauss, backward, tmp_path, monkeypatch):
+    """The construction kernels (forward, backward) compile for sm_80 and sm_90 without spills."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("interpreted kernels are not compiled")
     triton = pytest.importorskip("triton")
@@ -205,12 +224,16 @@ def test_construction_kernel_compiles(arch, gauss, tmp_path, monkeypatch):
 
     from dcls_audio.dcls import triton_construct as tc
 
-    sig = dict.fromkeys(("w_ptr", "p_ptr", "s_ptr", "k_ptr"), "*fp32")
+    pointers = ("w_ptr", "p_ptr", "s_ptr", "k_ptr")
+    if backward:
+        pointers = ("g_ptr", "w_ptr", "p_ptr", "s_ptr", "gw_ptr", "gp_ptr", "gs_ptr")
+    sig = dict.fromkeys(pointers, "*fp32")
     ints = ("N", "COUNT", "SH", "SW", "LO_H", "LO_W", "OH", "OW")
     sig |= dict.fromkeys(ints, "i32") | {"EPS": "fp32", "OFFSET": "fp32"}
     consts = {"GAUSS": gauss, "BK": 32, "BS": 32}
     sig |= dict.fromkeys(consts, "constexpr")
-    src = ASTSource(fn=tc._construct_kernel, signature=sig, constexprs=consts)
+    fn = tc._construct_backward_kernel if backward else tc._construct_kernel
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
     assert compiled.asm["cubin"] and ".local" not in compiled.asm["ptx"]
 

@@ -120,27 +120,89 @@ CONSTRUCT_CASES = {
     "gauss_even_rectangular": (3, 7, (8, 6), "gauss", None),
     "bilinear_window": (5, 3, (5, 9), "bilinear", ((1, 4), (0, 9))),
     "bilinear_23x23": (2, 26, (23, 23), "bilinear", None),
+    "gauss_one_element_window": (3, 1, (9, 9), "gauss", ((0, 3), (6, 9))),
 }
 
 
+def construct_params(case, gen):
+    """Weights, positions (spread over the kernel) and sigmas (some negative) of one case."""
+    c, count, size, version, _ = case
+    weight = torch.randn(c, 1, count, generator=gen)
+    half = torch.tensor(size, dtype=torch.float32).view(2, 1, 1, 1) / 2
+    P = (torch.rand(2, c, 1, count, generator=gen) * 2 - 1) * (half - 0.5)
+    SIG = torch.randn(2, c, 1, count, generator=gen) * 0.4  # negative too: |SIG| is used
+    SIG.view(-1)[::7] = 0.0  # d|SIG|/dSIG at 0: zero, as autograd's
+    return weight, P, SIG if version == "gauss" else None
+
+
+def _rel(a, b) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
 def construct_errors() -> dict:
-    """The one-launch kernel construction against ``construct_kernel`` (max|d| / max|ref|)."""
+    """The Triton construction operators (forward, and the backward through autograd) against
+    float64 and against the `dcls` package (square kernels, no window): max|d| / max|ref|."""
+    import logging
+
     from dcls_audio.dcls.construct import construct_kernel
     from dcls_audio.dcls.triton_construct import construct_kernel_2d
 
+    logging.getLogger().setLevel(logging.ERROR)  # the reference package warns about CUDA
     gen = torch.Generator().manual_seed(3)
     result = {}
-    for name, (c, count, size, version, window) in CONSTRUCT_CASES.items():
-        weight = torch.randn(c, 1, count, generator=gen)
-        half = torch.tensor(size, dtype=torch.float32).view(2, 1, 1, 1) / 2
-        P = (torch.rand(2, c, 1, count, generator=gen) * 2 - 1) * (half - 0.5)
-        SIG = torch.randn(2, c, 1, count, generator=gen) * 0.4  # negative too: |SIG| is used
-        SIG = SIG if version == "gauss" else None
-        ref = construct_kernel(weight, P, SIG, size, version, window=window)
-        ours = construct_kernel_2d(weight, P, SIG, size, version, window)
-        same_shape = tuple(ours.shape) == tuple(ref.shape)
-        err = ((ours - ref).abs().max() / ref.abs().max()).item() if same_shape else float("inf")
-        result[name] = err
+    for name, case in CONSTRUCT_CASES.items():
+        c, count, size, version, window = case
+        params = construct_params(case, gen)
+        live = [t for t in params if t is not None]
+        ours = [t.clone().requires_grad_() for t in live]
+        ref = [t.double().requires_grad_() for t in live]
+        k = construct_kernel(*ours, *([None] * (3 - len(ours))), size, version, window=window)
+        k_ref = construct_kernel(*ref, *([None] * (3 - len(ref))), size, version, window=window)
+        upstream = torch.randn(k_ref.shape, generator=gen)
+        grads = torch.autograd.grad(k, ours, upstream)
+        grads_ref = torch.autograd.grad(k_ref, ref, upstream.double())
+        errs = {"kernel": _rel(k, k_ref), "inference": _rel(construct_kernel_2d(
+            *params, size, version, window), k_ref)}  # fmt: skip
+        errs |= {f"d{n}": _rel(a, b) for n, a, b in zip("wPS", grads, grads_ref, strict=False)}
+        errs["shape_ok"] = float(k.shape == k_ref.shape and k.dtype == torch.float32)
+        if window is None and size[0] == size[1]:
+            errs |= _against_package(ours, k, grads, upstream, size, version)
+        result[name] = errs
+    return result
+
+
+def _against_package(ours, kernel, grads, upstream, size, version) -> dict:
+    """The same kernel and gradients from the `dcls` package (its P[0] is our axis 1)."""
+    from DCLS.construct.modules import ConstructKernel2d
+
+    w, P = ours[0], ours[1]
+    SIG = ours[2] if len(ours) == 3 else torch.zeros_like(P)
+    ref_in = [t.detach().clone().requires_grad_() for t in (w, P.flip(0), SIG.flip(0))]
+    module = ConstructKernel2d(w.shape[0], 1, 1, w.shape[-1], size, {"gauss": "gauss"}.get(
+        version, "v1"))  # fmt: skip
+    k_ref = module(*ref_in)
+    grads_ref = torch.autograd.grad(k_ref, ref_in[: len(grads)], upstream)
+    flips = [g if i == 0 else g.flip(0) for i, g in enumerate(grads_ref)]
+    out = {"package_kernel": _rel(kernel, k_ref)}
+    return out | {f"package_d{n}": _rel(a, b) for n, a, b in zip("wPS", grads, flips, strict=False)}
+
+
+def construct_op_checks() -> dict:
+    """``torch.library.opcheck`` of both construction operators on their Triton kernels."""
+    from dcls_audio.dcls.construct_op import construct_2d, construct_2d_backward
+
+    gen = torch.Generator().manual_seed(5)
+    result = {}
+    for name in ("gauss_window", "bilinear_window"):
+        c, count, size, version, window = CONSTRUCT_CASES[name]
+        w, P, SIG = construct_params(CONSTRUCT_CASES[name], gen)
+        win = [v for lohi in window for v in lohi]
+        args = [w, P, SIG, list(size), version == "gauss", win]
+        grad = torch.randn(c, 1, win[1] - win[0], win[3] - win[2], generator=gen)
+        fwd = [t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in args]
+        for op, op_args in ((construct_2d, fwd), (construct_2d_backward, [grad, *args])):
+            checks = torch.library.opcheck(op, op_args, raise_exception=False)
+            result[f"{op._name}-{name}"] = {k: str(v) for k, v in checks.items()}
     return result
 
 
@@ -201,6 +263,7 @@ def main() -> dict:
         result[f"{name}-mixed"] = errors(KERNEL_CASES[name], torch.bfloat16, torch.float32)
     result |= config_errors()
     result["construct"] = construct_errors()
+    result["construct_ops"] = construct_op_checks()
     result["ops"] = op_checks()
     return result
 

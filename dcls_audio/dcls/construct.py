@@ -91,17 +91,24 @@ def _check_inputs(
             raise ValueError(f"SIG must have the shape of P {expected}, got {tuple(SIG.shape)}")
 
 
+def _grid(like: Tensor, size: int) -> Tensor:
+    """Grid cells as offsets from the centre cell ``size // 2`` (exact integers)."""
+    return torch.arange(-(size // 2), size - size // 2, device=like.device, dtype=like.dtype)
+
+
 class _GaussProfile(torch.autograd.Function):
     """1-D Gaussian profiles g[n, k, i] = exp(-((i - c) / sigma)^2 / 2) and their sums over i.
+
+    Takes ``P`` (``c = P + size // 2``) and forms ``i - c`` as ``(i - size // 2) - P``: the
+    integer offset is exact, so the difference is rounded once.
 
     Written as one autograd node with a closed-form backward: a handful of passes over the
     (n, count, size) tensor instead of the ~20 that the elementwise autograd graph costs.
     """
 
     @staticmethod
-    def forward(ctx, centre: Tensor, sigma: Tensor, size: int):
-        grid = torch.arange(size, device=centre.device, dtype=centre.dtype)
-        t = (grid - centre.unsqueeze(-1)) / sigma.unsqueeze(-1)
+    def forward(ctx, position: Tensor, sigma: Tensor, size: int):
+        t = (_grid(position, size) - position.unsqueeze(-1)) / sigma.unsqueeze(-1)
         g = torch.exp(t.square().mul_(-0.5))
         ctx.save_for_backward(t, g, sigma)
         return g, g.sum(-1)
@@ -122,14 +129,14 @@ class _GaussProfile(torch.autograd.Function):
 class _HatProfile(torch.autograd.Function):
     """1-D bilinear (hat) profiles g[n, k, i] = max(0, 1 - |i - c|) and their sums over i.
 
+    Takes ``P`` and forms ``i - c`` as :class:`_GaussProfile` does.
     The backward uses the same one-sided conventions as autograd on relu(1 - abs(x)): zero slope
     exactly at the kinks |x| = 0 and |x| = 1.
     """
 
     @staticmethod
-    def forward(ctx, centre: Tensor, size: int):
-        grid = torch.arange(size, device=centre.device, dtype=centre.dtype)
-        x = grid - centre.unsqueeze(-1)
+    def forward(ctx, position: Tensor, size: int):
+        x = _grid(position, size) - position.unsqueeze(-1)
         g = torch.relu(1.0 - x.abs())
         ctx.save_for_backward(x, g)
         return g, g.sum(-1)
@@ -163,11 +170,10 @@ def _profiles(
     profiles = []
     total = None
     for d, s in enumerate(size):
-        centre = P[d] + s // 2
         if version == "gauss":
-            g, part = _GaussProfile.apply(centre, SIG[d].abs() + SIGMA_OFFSET, s)
+            g, part = _GaussProfile.apply(P[d], SIG[d].abs() + SIGMA_OFFSET, s)
         else:
-            g, part = _HatProfile.apply(centre, s)
+            g, part = _HatProfile.apply(P[d], s)
         profiles.append(g)
         total = part if total is None else total * part
     return profiles, total
@@ -203,6 +209,8 @@ def construct_kernel(
 
     # Build in the parameters' precision even under autocast; the conv casts the result.
     with torch.autocast(device_type=weight.device.type, enabled=False):
+        if ndim == 2:  # one operator each way (one Triton launch each on CUDA)
+            return _construct_2d(weight, P, SIG, size, version, window)
         flatP = P.reshape(ndim, n, count)
         flatS = SIG.reshape(ndim, n, count) if version == "gauss" else None
         profiles, total = _profiles(flatP, flatS, size, version)
@@ -221,3 +229,19 @@ def construct_kernel(
             rest = (profiles[1].unsqueeze(-1) * profiles[2].unsqueeze(-2)).flatten(2)
             kernel = torch.bmm(first, rest)
     return kernel.reshape(out_ch, in_ch, *shape)
+
+
+def _construct_2d(
+    weight: Tensor, P: Tensor, SIG: Tensor | None, size: tuple[int, ...], version: str,
+    window: Sequence[tuple[int, int]] | None,
+) -> Tensor:  # fmt: skip
+    """The 2-D construction through the operator ``dcls_audio::construct_2d``."""
+    from .construct_op import check_triton, construct_2d
+
+    gauss = version == "gauss"
+    sig = SIG if gauss else None
+    (lo_h, hi_h), (lo_w, hi_w) = window or ((0, size[0]), (0, size[1]))
+    win = [int(lo_h), int(hi_h), int(lo_w), int(hi_w)]
+    if weight.device.type == "cuda":
+        check_triton(weight, P, sig, list(size), gauss, win)
+    return construct_2d(weight, P, sig, list(size), gauss, win)

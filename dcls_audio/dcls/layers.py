@@ -4,12 +4,13 @@ Differences from the reference package (``dcls`` 0.1.1), all output-preserving w
 
 * kernels are built separably (see :mod:`dcls_audio.dcls.construct`), ~100x cheaper;
 * ``P[d]`` moves along spatial axis ``d`` for every size (the reference swaps axes in 2-D/3-D);
+* 2-D kernels are built by one operator forward and one backward
+  (:mod:`dcls_audio.dcls.construct_op`; on CUDA one Triton launch each, checked against the
+  PyTorch construction on first use; ``DCLS_FUSED_CONSTRUCT=0`` turns the Triton kernels off);
 * in eval mode without autograd, on the CPU, the kernel is built once and reused while the
   parameters hold exactly the values it was built from (compared with a snapshot on every call,
   so in-place ``.data`` writes, fused optimizer steps, ``load_state_dict`` and ``.to()`` are all
-  seen); on accelerators it is rebuilt every call (cheap there, and a comparison would sync), on
-  CUDA in one Triton launch (:mod:`dcls_audio.dcls.triton_construct`, checked against the
-  differentiable construction on first use; ``DCLS_FUSED_CONSTRUCT=0`` turns it off);
+  seen); on accelerators it is rebuilt every call (one launch, and a comparison would sync);
 * when the input is so small that some kernel taps can only ever meet zero padding, those taps
   are cropped away and the padding is adjusted: the output grid and values are unchanged;
 * on the CPU, large depthwise 2-D kernels are applied through the FFT when that is estimated to
@@ -24,8 +25,6 @@ Differences from the reference package (``dcls`` 0.1.1), all output-preserving w
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from .construct import check_version, construct_kernel, normalize_size
-from .dwconv import cuda_depthwise_applies, depthwise_conv2d, triton_available
+from .dwconv import cuda_depthwise_applies, depthwise_conv2d
 from .fftconv import cpu_depthwise_2d, fft_depthwise_conv2d, prefer_fft
 
 __all__ = ["DclsNd", "Dcls1d", "Dcls2d", "Dcls3d"]
@@ -74,36 +73,6 @@ def _plan_axis(length: int, k: int, left: int, right: int, stride: int):
     if q <= left and q <= right_pad(k - 1):
         return (left - q, q + left + length - last), (q, q)
     return (j0, j1 + 1), (left - j0, right_pad(j1))
-
-
-#: device -> whether the fused (one-launch) kernel construction matched construct_kernel there
-FUSED_CHECKED: dict[torch.device, bool] = {}
-
-
-def fused_construction(device: torch.device) -> bool:
-    """Build inference kernels on CUDA in one Triton launch (``DCLS_FUSED_CONSTRUCT=0``: never)."""
-    if os.environ.get("DCLS_FUSED_CONSTRUCT", "1") == "0" or not triton_available():
-        return False
-    return FUSED_CHECKED.get(device, True)
-
-
-def _check_fused(layer: DclsNd, window: Window | None) -> None:
-    """Compare the fused construction with construct_kernel once per device; off on mismatch."""
-    from .triton_construct import construct_kernel_2d
-
-    args = (layer.weight, layer.P, layer.SIG, layer.dilated_kernel_size, layer.version, window)
-    try:
-        fused = construct_kernel_2d(*args)
-        ref = layer.kernel(window)
-        err = ((fused - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
-    except Exception as exc:  # noqa: BLE001 - the differentiable construction still works
-        err, reason = float("inf"), f"{type(exc).__name__}: {exc}"
-    else:
-        reason = f"max relative difference {err:.2e}"
-    FUSED_CHECKED[layer.weight.device] = err <= 1e-5
-    if err > 1e-5:
-        device = layer.weight.device
-        warnings.warn(f"fused DCLS kernel construction off on {device}: {reason}", stacklevel=3)
 
 
 class DclsNd(nn.Module):
@@ -250,10 +219,6 @@ class DclsNd(nn.Module):
         )
 
     def _cached_kernel(self, window: Window | None) -> Tensor:
-        if self.weight.device.type == "cuda" and not torch.compiler.is_compiling():
-            grad = torch.is_grad_enabled() and any(p.requires_grad for p in self._kernel_params())
-            if not grad and self.ndim == 2 and fused_construction(self.weight.device):
-                return self._fused_kernel(window)  # one launch instead of ~25
         if (
             self.training
             or torch.is_grad_enabled()
@@ -265,16 +230,6 @@ class DclsNd(nn.Module):
             snapshot = tuple(p.detach().clone() for p in self._kernel_params())
             self._cache = (window, snapshot, self.kernel(window))
         return self._cache[2]
-
-    def _fused_kernel(self, window: Window | None) -> Tensor:
-        from .triton_construct import construct_kernel_2d
-
-        args = (self.weight, self.P, self.SIG, self.dilated_kernel_size, self.version, window)
-        if self.weight.dtype != torch.float32:
-            return self.kernel(window)
-        if not FUSED_CHECKED.get(self.weight.device, False):
-            _check_fused(self, window)
-        return construct_kernel_2d(*args)
 
     def train(self, mode: bool = True):
         """Set training mode; always drops the cached eval-mode kernel."""
