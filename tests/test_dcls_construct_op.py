@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from dcls_audio.benchmarks.opcount import OpCounter, count_step
 from dcls_audio.dcls import construct_kernel
 from dcls_audio.dcls.construct_op import construct_2d, construct_2d_backward
 
@@ -31,29 +32,32 @@ def _build(inputs, version, window=None):
     return construct_kernel(inputs[0], inputs[1], sig, 23, version, window=window)
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
-            self.names.append(str(func.overloadpacket._qualified_op_name))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("version", ["gauss", "bilinear"])
 def test_one_operator_forward_and_one_backward(version):
     """What a TorchDispatchMode sees of a 2-D construction and its backward: one op each."""
     w, p, s = (t.requires_grad_() for t in _params())
     inputs = [w, p, s] if version == "gauss" else [w, p]
-    with _Ops() as fwd:
+    with OpCounter() as fwd:
         kernel = construct_kernel(w, p, s, 23, version, window=((4, 19), (5, 18)))
     upstream = torch.randn_like(kernel)
-    with _Ops() as bwd:
+    with OpCounter() as bwd:
         torch.autograd.grad(kernel, inputs, upstream)
-    assert fwd.names == ["dcls_audio::construct_2d"]
-    assert bwd.names == ["dcls_audio::construct_2d_backward"]
+    assert fwd.counts == {"dcls_audio::construct_2d": 1}
+    assert bwd.counts == {"dcls_audio::construct_2d_backward": 1}
+
+
+def test_training_step_costs_about_four_operators_per_dcls_layer():
+    """The benchmark's count on a small ConvNeXt: each DCLS layer adds its two operators and,
+    where its stage shares P and SIG, the two gradient accumulations; the optimizer one group."""
+    small = {"timm_kwargs": {"dims": [8, 16, 32, 64], "depths": [2, 1, 1, 1]}}
+    dsc, dcls = (count_step("convnext_t", conv, model_overrides=small)
+                 for conv in ("dsc", "dcls_gauss"))  # fmt: skip
+    layers = dcls["dcls_layers"]
+    assert layers == 5 and dsc["dcls_layers"] == 0
+    extra = dcls["by_operator"]
+    assert extra["dcls_audio::construct_2d"] == extra["dcls_audio::construct_2d_backward"] == 5
+    # 2 per layer + 2 accumulations in the two-layer stage + the third group's AdamW step
+    assert dcls["operators"] - dsc["operators"] <= 2 * layers + 2 + 12
 
 
 @pytest.mark.parametrize("version", ["gauss", "bilinear"])
