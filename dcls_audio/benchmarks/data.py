@@ -2,7 +2,9 @@
 
 The loader runs in this one process (one worker) over a warm file; it reports clips per
 wall-clock second and per CPU second of the process (the latter is the per-core figure on a
-machine shared with other jobs).
+machine shared with other jobs). It also times the training loader's epoch start-up (from an
+epoch's ``iter()`` to its first batch) with loader workers started every epoch and with
+persistent ones (``data.persistent_workers``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,35 @@ def bench_loader(path: Path, train: bool, repeats: int) -> tuple[float, float]:
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
+def bench_epoch_start(
+    path: Path, workers: int, persistent: bool, epochs: int, batch: int
+) -> list[float]:
+    """Seconds from each epoch's ``iter(loader)`` to its first batch (the training loader)."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from dcls_audio.train.loaders import ResumableSampler
+    from dcls_audio.train.preempt import batches, shutdown_workers
+    from dcls_audio.workers import loader_options
+
+    ds = AudioSetHDF5(path, num_classes=NUM_CLASSES, train=True, seed=0)
+    sampler = ResumableSampler(DistributedSampler(ds, 1, 0, shuffle=True, seed=0))
+    loader = DataLoader(ds, batch, sampler=sampler, drop_last=True,
+                        **loader_options(workers, persistent=persistent))  # fmt: skip
+    times = []
+    try:
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            with batches(loader) as it:
+                next(it)
+                times.append(time.perf_counter() - t0)
+                for _ in it:  # the rest of the epoch
+                    pass
+    finally:
+        shutdown_workers(loader)
+    return times
+
+
 def bench_frontend(device: str, batch: int, train: bool, repeats: int) -> tuple[float, float]:
     """(clips per wall-clock second, clips per CPU second of this process) for the frontend."""
     fe = LogMelFrontend().to(device).train(train)
@@ -62,6 +93,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="frontend batch size")
     ap.add_argument("--frontend-repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for the frontend")
+    ap.add_argument("--workers", type=int, default=2, help="loader workers (epoch start-up)")
+    ap.add_argument("--epochs", type=int, default=6, help="epochs timed for the start-up")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -76,6 +109,12 @@ def main() -> None:
             wall, cpu = bench_loader(path, mode == "train", args.repeats)
             res[f"loader_{mode}_clips_per_s"] = wall
             res[f"loader_{mode}_clips_per_cpu_s"] = cpu
+        res["epoch_start_workers"], res["epoch_start_epochs"] = args.workers, args.epochs
+        for persistent in (False, True):  # epoch 1 starts the workers in both
+            times = bench_epoch_start(path, args.workers, persistent, args.epochs, args.batch)
+            key = f"epoch_start_{'persistent' if persistent else 'per_epoch'}_workers"
+            res[f"{key}_first_s"] = times[0]
+            res[f"{key}_later_mean_s"] = float(np.mean(times[1:]))
     for train in (False, True):
         key = f"frontend_cpu_{'train' if train else 'eval'}"
         wall, cpu = bench_frontend("cpu", args.batch, train, args.frontend_repeats)
@@ -86,7 +125,7 @@ def main() -> None:
             key = f"frontend_cuda_{'train' if train else 'eval'}_clips_per_s"
             res[key] = bench_frontend("cuda", 256, train, 20)[0]
     for k, v in res.items():
-        print(f"{k:36s} {v:.1f}" if isinstance(v, float) else f"{k:36s} {v}")
+        print(f"{k:44s} {v:.4g}" if isinstance(v, float) else f"{k:44s} {v}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2) + "\n")
