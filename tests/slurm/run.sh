@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# make test-slurm: the SLURM tests (tests/slurm/test_slurm.py) against a real single-node SLURM.
+# make test-slurm: the SLURM tests (tests/slurm/test_slurm.py) against a real two-node SLURM.
 #
 # Installs slurm-wlm and munge with apt when they are missing (needs root), starts munged,
-# slurmctld and slurmd on localhost from a temporary directory (tests/slurm/cluster.sh), runs
+# slurmctld and two slurmd (nodes localhost and this host's name) from a temporary directory
+# (tests/slurm/cluster.sh; partition debug: localhost, partition multi: both nodes), runs
 # `pytest -m slurm tests/slurm` and stops the daemons again, whatever happens. On failure the
 # temporary directory is kept (daemon logs, the sweeps' run directories and submitit logs) and
 # named on stderr; KEEP=1 keeps it on success too. Arguments go to pytest (e.g. -k preempt).
@@ -48,6 +49,7 @@ trap 'exit 130' INT TERM
 "$HERE/cluster.sh" start "$WORK/cluster"
 export SLURM_CONF=$WORK/cluster/slurm.conf
 export SLURM_TEST_PARTITION=${SLURM_TEST_PARTITION:-debug}
+export SLURM_TEST_MULTI_PARTITION=${SLURM_TEST_MULTI_PARTITION:-multi}
 export DCLS_SLURM_REQUIRED=1
 # `timeout` leads its own process group (pytest, the sweeps it starts): stopped as one.
 timeout --kill-after=10 "$LIMIT_S" "$PY" -m pytest -q -rA --durations=0 -m slurm -p no:cacheprovider \
