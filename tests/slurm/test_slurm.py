@@ -2,11 +2,12 @@
 
 These tests submit jobs with ``python train.py -m ... hydra/launcher=slurm`` to the cluster that
 ``SLURM_CONF`` names. ``make test-slurm`` (tests/slurm/run.sh) installs SLURM when it is missing,
-starts a single-node cluster on localhost, runs them and tears the cluster down. They are marked
-``slurm`` and left out of ``make test``; without a reachable cluster they are skipped (or fail,
-when ``DCLS_SLURM_REQUIRED=1``, as run.sh sets).
+starts a two-node cluster on this host (tests/slurm/cluster.sh: partition ``debug`` holds node
+``localhost``, partition ``multi`` holds it and a second node with its own slurmd), runs them and
+tears the cluster down. They are marked ``slurm`` and left out of ``make test``; without a
+reachable cluster they are skipped (or fail, when ``DCLS_SLURM_REQUIRED=1``, as run.sh sets).
 
-The runs are the CPU demo (``experiment=demo``) on a 32-clip synthetic set: 2 epochs of 8
+The runs are the CPU demo (``experiment=demo``) on a 32-clip synthetic set: 4 epochs of 8
 optimizer steps (batch 4), one evaluation of 16 clips; under a minute each on two cores.
 """
 
@@ -267,8 +268,8 @@ def squeue_state(job: str) -> str:
     return slurm("squeue", "-h", "-j", job, "-o", "%T", check=False).strip()
 
 
-def force_stops(proc, tdir: Path, name: str, how: str, report: dict) -> None:
-    """Stop the run STOPS times inside training (see CASES for ``how``).
+def force_stops(proc, tdir: Path, name: str, how: str, report: dict, stops: int = STOPS) -> None:
+    """Stop the run ``stops`` times inside training (see CASES for ``how``).
 
     After each stop, wait for the requeue, release the requeued job at once (SLURM holds it for
     about two minutes, reason BeginTime) and wait for the run's resume record.
@@ -281,7 +282,7 @@ def force_stops(proc, tdir: Path, name: str, how: str, report: dict) -> None:
     metrics = wait_for(
         "the run to start (metrics.jsonl)", lambda: list(tdir.glob("*/metrics.jsonl")), 240, proc
     )[0]
-    for k in range(1, STOPS + 1):
+    for k in range(1, stops + 1):
         # Two more optimizer steps than at the last (re)start: inside epoch 1 or 2.
         seen = len(records(metrics, "train"))
         wait_for(
@@ -314,6 +315,24 @@ def force_stops(proc, tdir: Path, name: str, how: str, report: dict) -> None:
             "resumed_at_step": resume["step"], "resumed_epoch": resume.get("epoch"),
             "signal_to_resume_s": round(time.monotonic() - t_signal, 1),
         })  # fmt: skip
+
+
+def write_report(report: dict, tdir: Path, base: Path, start: float) -> str:
+    """Complete a stopped run's report from its logs and SLURM, write and print it; the logs."""
+    logs = submitit_logs(tdir)
+    report["wall_s"] = round(time.monotonic() - start, 1)
+    report["temporary_file_race"] = "A temporary saved file already exists" in logs
+    report["not_requeued"] = re.findall(r"Job not requeued because: [^\n]*", logs)
+    # submitit logs each line to the job's stdout and stderr: count distinct messages
+    report["requeued"] = sorted(
+        set(re.findall(r"Requeued job \d+ \(\d+ remaining timeouts\)", logs))
+    )
+    show = slurm("scontrol", "show", "job", report.get("job", "0"), check=False)
+    report["restarts"] = re.findall(r"Restarts=(\d+)", show)
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "report.json").write_text(json.dumps(report, indent=1))
+    print(f"\nstops ({report['case']}, {report['how']}):", json.dumps(report))
+    return logs
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -351,7 +370,7 @@ def test_three_stops_requeue_and_resume_to_the_same_weights(
         "0", data_root, tdir, *extra, f"hydra.launcher.max_num_timeout={STOPS + 1}",
         partition=partition, name=name, log=base.with_suffix(".out"),
     )  # fmt: skip
-    report: dict = {"case": case, "stops": []}
+    report: dict = {"case": case, "how": how, "stops": []}
     try:
         force_stops(proc, tdir, name, how, report)
         rc_t = finish(proc, max(30.0, STOPPED_RUN_LIMIT_S - (time.monotonic() - start)))
@@ -363,19 +382,7 @@ def test_three_stops_requeue_and_resume_to_the_same_weights(
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-        logs = submitit_logs(tdir)
-        report["wall_s"] = round(time.monotonic() - start, 1)
-        report["temporary_file_race"] = "A temporary saved file already exists" in logs
-        report["not_requeued"] = re.findall(r"Job not requeued because: [^\n]*", logs)
-        # submitit logs each line to the job's stdout and stderr: count distinct messages
-        report["requeued"] = sorted(
-            set(re.findall(r"Requeued job \d+ \(\d+ remaining timeouts\)", logs))
-        )
-        show = slurm("scontrol", "show", "job", report.get("job", "0"), check=False)
-        report["restarts"] = re.findall(r"Restarts=(\d+)", show)
-        base.mkdir(parents=True, exist_ok=True)
-        (base / "report.json").write_text(json.dumps(report, indent=1))
-        print(f"\nstops ({case}, {how}):", json.dumps(report))
+        logs = write_report(report, tdir, base, start)
 
     output = proc.log.read_text()
     assert rc_t == 0, f"the sweep process exited {rc_t}:\n{output}\n{logs}"
@@ -389,6 +396,127 @@ def test_three_stops_requeue_and_resume_to_the_same_weights(
     assert not lost, f"resumed before the step the run had reached: {report['stops']}"
     inside = [s for s in report["stops"] if s["resumed_at_step"] % STEPS_PER_EPOCH]
     assert inside, f"no resume inside an epoch; the test missed its point: {report['stops']}"
+    mine, ref = model_tensors(run / "last.pt"), model_tensors(reference / "last.pt")
+    assert mine.keys() == ref.keys()
+    differ = [k for k in ref if not torch.equal(mine[k], ref[k])]
+    assert not differ, f"{len(differ)} of {len(ref)} model tensors differ, e.g. {differ[:5]}"
+
+
+# The two-node job: `hydra.launcher.nodes=2` with one task per node, in the partition of two
+# nodes (two slurmd on this host, tests/slurm/cluster.sh): one gloo DDP rank on each node, 2 clips
+# per rank as in "ddp2". The rendezvous address is the first node's name (SLURM_JOB_NODELIST).
+TWO_NODES = ("trainer.device=cpu", "trainer.batch_size=2", "hydra.launcher.nodes=2")
+TWO_NODE_STOPS = 1
+
+
+@pytest.fixture(scope="session")
+def two_nodes(partition) -> tuple[str, list[str]]:
+    """The test cluster's partition of two nodes and its node names; skip or fail without one."""
+    name = os.environ.get("SLURM_TEST_MULTI_PARTITION", "multi")
+    out = slurm("sinfo", "-h", "-p", name, "-o", "%N", check=False).strip()
+    nodes = slurm("scontrol", "show", "hostnames", out, check=False).split() if out else []
+    if len(nodes) < 2:
+        message = (
+            f"no partition {name!r} of two nodes (sinfo: {out or 'none'}); run `make test-slurm` "
+            "(starts a two-node cluster) or set SLURM_TEST_MULTI_PARTITION"
+        )
+        if os.environ.get("DCLS_SLURM_REQUIRED") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return name, nodes
+
+
+def job_fields(job: str) -> dict[str, str]:
+    """``scontrol show job`` of a job as a dict (NodeList, NumNodes, Restarts, ...)."""
+    text = slurm("scontrol", "show", "job", "--oneliner", job)
+    return dict(f.split("=", 1) for f in text.split() if "=" in f)
+
+
+def task_starts(tdir: Path, job: str) -> dict[int, list[str]]:
+    """Per task (global rank) of a job, submitit's "Starting with JobEnvironment(...)" lines.
+
+    submitit logs the line (INFO: to stdout only) into each task's own ``<job>_<task>_log.out``
+    at every start of the job, the first and each requeue.
+    """
+    starts = {}
+    for f in sorted((tdir / ".submitit" / job).glob(f"{job}_*_log.out")):
+        text = f.read_text(errors="replace")
+        starts[int(f.name.split("_")[1])] = re.findall(r"Starting with (JobEnv.*\))", text)
+    return starts
+
+
+def step_launches(node: str, job: str) -> int:
+    """How many times node ``node``'s slurmd launched step 0 of ``job`` (from its log)."""
+    conf = slurm("scontrol", "show", "config")
+    path = re.search(r"^SlurmdLogFile\s*=\s*(\S+)", conf, re.M)
+    log = Path(path.group(1).replace("%n", node).replace("%h", node)) if path else None
+    if log is None or not log.exists():
+        pytest.fail(f"no slurmd log of node {node} ({log}) in:\n{conf}")
+    return len(re.findall(rf"launch task StepId={job}\.0 ", log.read_text(errors="replace")))
+
+
+def test_two_node_job_trains_and_resumes_on_both_nodes(two_nodes, data_root, work):
+    """One DDP job across two SLURM nodes: stopped at a time limit, requeued, resumed, exact.
+
+    The job (one rank per node) gets SLURM's pre-timeout signal inside its first epoch, saves,
+    is requeued by submitit and starts again on both nodes: each rank starts twice, once on each
+    node, and the run resumes at the step it had reached. It ends with world size 2, each
+    evaluation clip counted once, and the model tensors of an uninterrupted two-node run of the
+    same config, launched beside it (one rank per node as well: each node has two CPUs).
+    """
+    part, nodes = two_nodes
+    base, start = work / "two_nodes", time.monotonic()
+    ref_name, name = "dcls-ref-two-nodes", "dcls-stops-two-nodes"
+    ref_proc = start_sweep(
+        "0", data_root, base / "reference", *TWO_NODES, partition=part, name=ref_name,
+        log=base.with_suffix(".reference.out"),
+    )  # fmt: skip
+    wait_for(
+        "the reference job to start",
+        lambda: "RUNNING" in slurm("squeue", "-h", "--name", ref_name, "-o", "%T"), 60, ref_proc,
+    )  # fmt: skip
+    tdir = base / "stopped"
+    proc = start_sweep(
+        "0", data_root, tdir, *TWO_NODES, f"hydra.launcher.max_num_timeout={TWO_NODE_STOPS + 1}",
+        partition=part, name=name, log=base.with_suffix(".out"),
+    )  # fmt: skip
+    report: dict = {"case": "two_nodes", "how": "timeout", "stops": []}
+    try:
+        force_stops(proc, tdir, name, "timeout", report, stops=TWO_NODE_STOPS)
+        resumed = job_fields(report["job"])  # the requeued job, running again
+        report["node_list"], report["num_nodes"] = resumed["NodeList"], resumed["NumNodes"]
+        rc_t = finish(proc, max(30.0, STOPPED_RUN_LIMIT_S - (time.monotonic() - start)))
+        assert finish(ref_proc, 120) == 0, ref_proc.log.read_text()
+    finally:
+        for p in (proc, ref_proc):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        logs = write_report(report, tdir, base, start)
+
+    assert rc_t == 0, f"the sweep process exited {rc_t}:\n{proc.log.read_text()}\n{logs}"
+    job = report["job"]
+    listed = slurm("scontrol", "show", "hostnames", report["node_list"]).split()
+    assert report["num_nodes"] == "2" and sorted(listed) == sorted(nodes), report
+    starts = task_starts(tdir, job)
+    assert sorted(starts) == [0, 1], f"task logs of job {job}: {sorted(starts)}\n{logs}"
+    for rank, lines in starts.items():
+        where = f"node={rank}(2), global_rank={rank}(2)"
+        assert len(lines) == 1 + TWO_NODE_STOPS and all(where in x for x in lines), (rank, lines)
+    launches = {node: step_launches(node, job) for node in nodes}
+    assert launches == dict.fromkeys(nodes, 1 + TWO_NODE_STOPS), f"step launches: {launches}"
+    assert len(report["requeued"]) == TWO_NODE_STOPS, f"submitit requeued {report['requeued']}"
+    assert report["restarts"] == [str(TWO_NODE_STOPS)], f"SLURM restarts: {report['restarts']}"
+    lost = [s for s in report["stops"] if s["resumed_at_step"] != s["last_logged_step"]]
+    assert not lost, f"resumed before the step the run had reached: {report['stops']}"
+    inside = [s for s in report["stops"] if s["resumed_at_step"] % STEPS_PER_EPOCH]
+    assert inside, f"no resume inside an epoch; the test missed its point: {report['stops']}"
+
+    run, reference = run_dirs(tdir)[0], run_dirs(base / "reference")[0]
+    for r in (run, reference):
+        results = json.loads((r / "results.json").read_text())
+        assert results["world_size"] == 2, f"{r}: world size {results['world_size']}"
+        assert results["num_eval_clips"] == 16, results["num_eval_clips"]  # each clip once
     mine, ref = model_tensors(run / "last.pt"), model_tensors(reference / "last.pt")
     assert mine.keys() == ref.keys()
     differ = [k for k in ref if not torch.equal(mine[k], ref[k])]
