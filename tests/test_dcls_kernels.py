@@ -43,10 +43,22 @@ def interpreted():
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
 @pytest.mark.parametrize("name", list(KERNEL_CASES))
 def test_triton_kernels_match_float64_reference(interpreted, name, dtype):
-    errs = interpreted[f"{name}-{dtype}"]
+    errs = dict(interpreted[f"{name}-{dtype}"])
     assert errs.pop("dtype_ok") == 1.0
+    copies = errs.pop("copies")
+    if KERNEL_CASES[name][0] in ("cl", "cl-gnchw"):  # read and written in place
+        assert copies == 0
     tol = TOLERANCE[dtype]
     assert all(err <= tol for err in errs.values()), errs
+
+
+def test_channels_last_runs_no_layout_copy(interpreted):
+    """A channels_last input and output gradient: no copy into an NCHW buffer and back in
+    forward, input and weight gradients; the count sees the copies of the NCHW kernels."""
+    assert all(interpreted[f"channels_last-{dtype}"]["copies"] == 0 for dtype in TOLERANCE)
+    copied = dict(interpreted["channels_last-copied"])
+    assert copied.pop("copies") >= 3 and copied.pop("dtype_ok") == 1.0  # x, y, grad, input grad
+    assert all(err <= TOLERANCE["float32"] for err in copied.values()), copied
 
 
 def test_every_candidate_configuration_is_exact(interpreted):
@@ -54,8 +66,13 @@ def test_every_candidate_configuration_is_exact(interpreted):
     runs = {k: v for k, v in interpreted.items() if k.startswith("config")}
     count = max(len(tuning.FWD_CANDIDATES), len(tuning.WGRAD_CANDIDATES))
     assert len(runs) == 2 * count
-    for key, errs in runs.items():
+    strided = {k: v for k, v in interpreted.items() if k.startswith("strided")}
+    count = max(len(tuning.STRIDED_FWD_CANDIDATES), len(tuning.STRIDED_WGRAD_CANDIDATES))
+    assert len(strided) == 2 * count
+    for key, errs in (runs | strided).items():
+        errs = dict(errs)
         assert errs.pop("dtype_ok") == 1.0, key
+        assert errs.pop("copies") == 0 or key in runs, key
         tol = TOLERANCE[key.rsplit("-", 1)[1]]
         assert all(err <= tol for err in errs.values()), (key, errs)
 
@@ -107,6 +124,8 @@ def test_cuda_triton_kernels_match_float64_reference(name, dtype, monkeypatch):
     errs = errors(KERNEL_CASES[name], getattr(torch, dtype), device="cuda")
     print("EXACT", json.dumps({"case": name, "dtype": dtype, **errs}))  # for the session log
     assert errs.pop("dtype_ok") == 1.0
+    copies = errs.pop("copies")
+    assert copies == 0 or KERNEL_CASES[name][0] not in ("cl", "cl-gnchw")
     assert all(err <= TOLERANCE[dtype] for err in errs.values()), errs
 
 
@@ -149,93 +168,12 @@ def test_cuda_layer_builds_its_kernel_in_one_launch_each_way(monkeypatch):
 
 @pytest.mark.parametrize("name", MIXED_CASES)
 def test_bf16_input_with_float32_kernel_returns_float32_parameter_grads(interpreted, name):
-    errs = interpreted[f"{name}-mixed"]
+    errs = dict(interpreted[f"{name}-mixed"])
     assert errs.pop("dtype_ok") == 1.0
+    errs.pop("copies")
     assert all(err <= TOLERANCE["bfloat16"] for err in errs.values()), errs
     # the kernel gradient is not rounded to bf16: float32 accumulation only
     assert errs["dw"] < 1e-5 and errs["db"] < 1e-5, errs
-
-
-def _compile(kind: str, dtype: str, cfg: dict, arch: int, kw: int = 23):
-    """Compile one kernel for a GPU architecture without a GPU (Triton's bundled ptxas)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from dcls_audio.dcls import triton_dwconv as tk
-
-    prec = "tf32x3" if dtype == "fp32" else None
-    bwi = tk.window(cfg["BW"], kw)
-    if kind == "fwd":
-        fn = tk._fwd_rows_kernel if cfg.get("R", 1) == 4 else tk._fwd_kernel
-        runtime = tk._FWD_RUNTIME
-        sig = {"x_ptr": f"*{dtype}", "t_ptr": f"*{dtype}", "b_ptr": "*fp32", "y_ptr": f"*{dtype}"}
-        consts = {"BF16_BITS": False, "PREC": prec, "TOEP": bool(cfg["TOEP"]), "BM": cfg["BM"]}
-    else:
-        fn, runtime = tk._wgrad_kernel, tk._WGRAD_RUNTIME
-        sig = {"x_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "part_ptr": "*fp32"}
-        consts = {"PREC": prec, "BR": cfg["BR"]}
-    consts |= {"BW": cfg["BW"], "BWI": bwi}
-    pointers = len(sig)
-    sig |= dict.fromkeys(runtime, "i32") | dict.fromkeys(consts, "constexpr")
-    attrs = {(k,): [["tt.divisibility", 16]] for k in range(pointers)}
-    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
-
-
-COMPILE_CASES = [
-    *(("fwd", "bf16", 90, k) for k in range(len(tuning.FWD_CANDIDATES))),
-    *(("wgrad", "bf16", 90, k) for k in range(len(tuning.WGRAD_CANDIDATES))),
-    *((kind, dtype, arch, 0) for kind in ("fwd", "wgrad") for dtype in ("bf16", "fp32")
-      for arch in (80, 90) if (dtype, arch) != ("bf16", 90)),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize("kind,dtype,arch,index", COMPILE_CASES)
-def test_triton_kernels_compile_for_gpus_without_one(
-    kind, dtype, arch, index, tmp_path, monkeypatch
-):
-    """Every candidate configuration compiles for sm_90 (bf16), the defaults for sm_80 and fp32;
-    on sm_90 the products are Hopper's wgmma, and nothing spills to local memory."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("interpreted kernels are not compiled")
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    cfg = (tuning.FWD_CANDIDATES if kind == "fwd" else tuning.WGRAD_CANDIDATES)[index]
-    compiled = _compile(kind, dtype, cfg, arch)
-    assert compiled.asm["cubin"]
-    ptx = compiled.asm["ptx"]
-    assert ("wgmma" in ptx) == (arch == 90)
-    assert ".local" not in ptx
-
-
-@pytest.mark.parametrize("backward", [False, True])
-@pytest.mark.parametrize("arch", [80, 90])
-@pytest.mark.parametrize("gauss", [True, False])
-def test_construction_kernel_compiles(arch, gauss, backward, tmp_path, monkeypatch):
-    """The construction kernels (forward, backward) compile for sm_80 and sm_90 without spills."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("interpreted kernels are not compiled")
-    triton = pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from dcls_audio.dcls import triton_construct as tc
-
-    pointers = ("w_ptr", "p_ptr", "s_ptr", "k_ptr")
-    if backward:
-        pointers = ("g_ptr", "w_ptr", "p_ptr", "s_ptr", "gw_ptr", "gp_ptr", "gs_ptr")
-    sig = dict.fromkeys(pointers, "*fp32")
-    ints = ("N", "COUNT", "SH", "SW", "LO_H", "LO_W", "OH", "OW")
-    sig |= dict.fromkeys(ints, "i32") | {"EPS": "fp32", "OFFSET": "fp32"}
-    consts = {"GAUSS": gauss, "BK": 32, "BS": 32}
-    sig |= dict.fromkeys(consts, "constexpr")
-    fn = tc._construct_backward_kernel if backward else tc._construct_kernel
-    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
-    assert compiled.asm["cubin"] and ".local" not in compiled.asm["ptx"]
 
 
 def test_cuda_path_applies_only_to_cuda_stride1_depthwise():

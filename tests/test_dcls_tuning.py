@@ -86,3 +86,27 @@ def test_candidates_are_distinct_and_well_formed():
         for c in candidates:
             assert set(c) - {"R"} == keys and c["BW"] >= 16 and c["num_warps"] in (4, 8)
             assert c.get("R", 1) in (1, 4)
+    common = {"BC", "BW", "num_warps", "num_stages"}
+    for candidates, keys in (
+        (tuning.STRIDED_FWD_CANDIDATES, common | {"BM"}),
+        (tuning.STRIDED_WGRAD_CANDIDATES, common | {"BR", "programs"}),
+    ):
+        assert len({tuple(sorted(c.items())) for c in candidates}) == len(candidates)
+        for c in candidates:  # tl.dot needs 16 rows and columns; BC is the batch of the product
+            assert set(c) == keys and c["BW"] >= 16 and c.get("BM", c.get("BR")) >= 16
+
+
+def test_in_place_kernels_are_keyed_by_layout(fresh):
+    """The kernels that read any layout keep one choice per shape and layout."""
+    x = torch.empty(2, 8, 6, 7)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    w = torch.empty(8, 1, 5, 5)
+    seen = []
+
+    def run(cfg):
+        seen.append(cfg)
+
+    for t in (x, cl, cl):
+        tuning.strided_forward_config(t, w, (6, 7), run)
+    keys = [k for k in fresh.TUNED if k.startswith("sfwd")]
+    assert len(keys) == 2 and {k.split("|")[0] for k in keys} == {"sfwd-nchw", "sfwd-cl"}

@@ -25,63 +25,128 @@ KERNEL_CASES = {
     "wide_blocks_multi_row_slices": (2, 1, 5, 70, 3, 35, ((1, 1), (17, 17)), 3),
     "tall_multi_slice": (3, 1, 40, 6, 5, 3, ((2, 2), (1, 1)), 100),
     "unbatched": (None, 3, 6, 5, 3, 3, ((1, 1), (1, 1)), None),
+    # channels_last input (and output gradient, as in a channels_last model): read in place
     "channels_last": ("cl", 4, 6, 7, 5, 3, ((2, 2), (1, 1)), 2),
+    "channels_last_cropped_23x23": ("cl", 9, 8, 7, 15, 13, ((7, 7), (6, 6)), None),
+    "channels_last_wide_multi_slice": ("cl", 3, 5, 40, 3, 35, ((1, 1), (17, 17)), 3),
+    "channels_last_asymmetric_beyond": ("cl", 5, 6, 4, 5, 3, ((9, 2), (0, 4)), None),
+    # one of input and output gradient channels_last, the other NCHW
+    "channels_last_nchw_grad": ("cl-gnchw", 4, 6, 7, 5, 3, ((2, 2), (1, 1)), None),
+    "nchw_channels_last_grad": ("nchw-gcl", 4, 7, 9, 4, 6, ((1, 2), (2, 3)), None),
 }
+# the input's and the output gradient's memory formats per batch marker
+LAYOUTS = {"cl": ("cl", "cl"), "cl-gnchw": ("cl", "nchw"), "nchw-gcl": ("nchw", "cl")}
 # max|d| / max|ref|; bf16: one rounding of the output (unit roundoff 2^-8) plus fp32 sums
 TOLERANCE = {"float32": 1e-5, "bfloat16": 2**-8 + 1e-5}
 MIXED_CASES = ["odd_symmetric", "cropped_23x23_on_8x7", "tall_multi_slice"]
 # every candidate block configuration runs these (one per dtype)
 CONFIG_CASES = {"wide_blocks_multi_row_slices": "float32", "cropped_asymmetric": "bfloat16"}
+# and every candidate of the kernels that read channels_last in place these
+STRIDED_CONFIG_CASES = {"channels_last_wide_multi_slice": "float32",
+                        "channels_last_cropped_23x23": "bfloat16"}  # fmt: skip
+
+
+def _format(marker, which: int):
+    """Memory format of the input (0) or output gradient (1) for a case's batch marker."""
+    cl = marker in LAYOUTS and LAYOUTS[marker][which] == "cl"
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 def case_tensors(case, dtype, device="cpu"):
     """Input, kernel, bias and paddings of one case."""
     n, c, h, w, kh, kw, pads, _ = case
     gen = torch.Generator().manual_seed(h * 100 + w)
-    shape = (c, h, w) if n is None else (2 if n == "cl" else n, c, h, w)
-    x = torch.randn(shape, generator=gen).to(dtype)
-    if n == "cl":
-        x = x.contiguous(memory_format=torch.channels_last)
+    shape = (c, h, w) if n is None else (2 if n in LAYOUTS else n, c, h, w)
+    x = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=_format(n, 0))
     kernel = torch.randn(c, 1, kh, kw, generator=gen).to(dtype)
     bias = torch.randn(c, generator=gen).to(dtype)
     return x.to(device), kernel.to(device), bias.to(device), pads
 
 
-def errors(case, dtype, param_dtype=None, device="cpu", fwd=None, wgrad=None) -> dict:
-    """Relative max errors of forward, input, weight and bias gradients vs float64 autograd.
+class _Copies:
+    """Counts layout copies: the relayout kernel, and PyTorch copies of activation-shaped
+    tensors (``clone``, ``_to_copy``: what ``.contiguous()`` and ``.to()`` run; not ``copy_``,
+    with which the interpreter moves every kernel argument)."""
+
+    def __init__(self, shapes: set):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        from dcls_audio.dcls import triton_dwconv, triton_layout
+
+        self.count, self.shapes = 0, shapes
+        self.modules = (triton_layout, triton_dwconv)
+        self.saved = [m.relayout for m in self.modules]
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                copy = func._schema.name in ("aten::clone", "aten::_to_copy")
+                if copy and isinstance(out, torch.Tensor) and tuple(out.shape) in outer.shapes:
+                    outer.count += 1
+                return out
+
+        self.mode = Mode()
+
+    def __enter__(self):
+        def counted(*args, original=self.saved[0], **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+
+        for m in self.modules:
+            m.relayout = counted
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+        for m, original in zip(self.modules, self.saved, strict=True):
+            m.relayout = original
+
+
+def errors(case, dtype, param_dtype=None, device="cpu", fwd=None, wgrad=None, strided=None):
+    """Relative max errors of forward, input, weight and bias gradients vs float64 autograd,
+    and the number of layout copies made.
 
     ``param_dtype``: kernel and bias in another dtype (float32 parameters under autocast);
-    ``fwd`` / ``wgrad``: block configurations to use instead of the defaults.
+    ``fwd`` / ``wgrad``: block configurations to use instead of the defaults; ``strided``: the
+    same for the kernels that read any layout in place, a (forward, weight gradient) pair.
     """
     from dcls_audio.dcls import dwconv, tuning
 
     x, kernel, bias, pads = case_tensors(case, dtype, device)
     if param_dtype is not None:
         kernel, bias = kernel.to(param_dtype), bias.to(param_dtype)
-    defaults = tuning.FWD_DEFAULT, tuning.WGRAD_DEFAULT
-    tuning.FWD_DEFAULT = fwd or defaults[0]
-    tuning.WGRAD_DEFAULT = dict(wgrad or defaults[1])
+    names = ("FWD_DEFAULT", "WGRAD_DEFAULT", "STRIDED_FWD_DEFAULT", "STRIDED_WGRAD_DEFAULT")
+    defaults = [getattr(tuning, name) for name in names]
+    chosen = (fwd, wgrad, *(strided or (None, None)))
+    for name, cfg, default in zip(names, chosen, defaults, strict=True):
+        setattr(tuning, name, dict(cfg or default))
     if case[-1] is not None:
-        tuning.WGRAD_DEFAULT["programs"] = case[-1]
+        tuning.WGRAD_DEFAULT["programs"] = tuning.STRIDED_WGRAD_DEFAULT["programs"] = case[-1]
     try:
         ours_in = [t.clone().requires_grad_() for t in (x, kernel, bias)]
         ref_in = [t.double().requires_grad_() for t in (x, kernel, bias)]
-        y = dwconv.triton_depthwise_conv2d(*ours_in, pads)
         flat = tuple(v for lr in reversed(pads) for v in lr)
         y_ref = F.conv2d(F.pad(ref_in[0], flat), ref_in[1], ref_in[2], groups=kernel.shape[0])
         upstream = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1))
-        upstream = upstream.to(device, dtype)
-        grads = torch.autograd.grad(y, ours_in, upstream)
+        upstream = upstream.to(device, dtype).contiguous(memory_format=_format(case[0], 1))
+        shapes = {tuple(t.shape) for t in (x, y_ref)} | {(1, *t.shape) for t in (x, y_ref)}
+        copies = _Copies(shapes)
+        with copies:
+            y = dwconv.triton_depthwise_conv2d(*ours_in, pads)
+            grads = torch.autograd.grad(y, ours_in, upstream)
         grads_ref = torch.autograd.grad(y_ref, ref_in, upstream.double())
     finally:
-        tuning.FWD_DEFAULT, tuning.WGRAD_DEFAULT = defaults
+        for name, default in zip(names, defaults, strict=True):
+            setattr(tuning, name, default)
     dtypes_ok = y.dtype == grads[0].dtype == dtype and grads[1].dtype == kernel.dtype
     if x.dim() == 4:  # the output and input gradient come back in the input's layout
-        fmt = torch.channels_last if case[0] == "cl" else torch.contiguous_format
+        fmt = _format(case[0], 0)
         dtypes_ok &= y.is_contiguous(memory_format=fmt) and grads[0].is_contiguous(
             memory_format=fmt
         )
-    out = {"dtype_ok": float(dtypes_ok and grads[2].dtype == bias.dtype)}
+    out = {"dtype_ok": float(dtypes_ok and grads[2].dtype == bias.dtype), "copies": copies.count}
     for name, a, b in zip(("y", "dx", "dw", "db"), (y, *grads), (y_ref, *grads_ref), strict=True):
         out[name] = ((a.double() - b).abs().max() / b.abs().max()).item()
     return out
@@ -109,6 +174,14 @@ def config_errors() -> dict:
             case = KERNEL_CASES[name][:-1] + (None,)
             result[f"config{k}-{name}-{dtype}"] = errors(
                 case, getattr(torch, dtype), None, "cpu", fwd, wgrad
+            )
+    sfwds, swgrads = tuning.STRIDED_FWD_CANDIDATES, tuning.STRIDED_WGRAD_CANDIDATES
+    for k in range(max(len(sfwds), len(swgrads))):
+        pair = (sfwds[k % len(sfwds)], swgrads[k % len(swgrads)])
+        for name, dtype in STRIDED_CONFIG_CASES.items():
+            case = KERNEL_CASES[name][:-1] + (None,)
+            result[f"strided{k}-{name}-{dtype}"] = errors(
+                case, getattr(torch, dtype), None, "cpu", strided=pair
             )
     return result
 
@@ -262,6 +335,9 @@ def main() -> dict:
     for name in MIXED_CASES:
         result[f"{name}-mixed"] = errors(KERNEL_CASES[name], torch.bfloat16, torch.float32)
     result |= config_errors()
+    os.environ["DCLS_TRITON_CL"] = "0"  # the NCHW kernels with copies: what the count detects
+    result["channels_last-copied"] = errors(KERNEL_CASES["channels_last"], torch.float32)
+    del os.environ["DCLS_TRITON_CL"]
     result["construct"] = construct_errors()
     result["construct_ops"] = construct_op_checks()
     result["ops"] = op_checks()

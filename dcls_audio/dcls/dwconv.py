@@ -10,8 +10,11 @@ deterministic algorithms on, while capturing a CUDA graph or while torch.compile
 not timed before,
 :func:`heuristic_path` decides instead. Under torch.compile the Triton path is the custom operator
 ``dcls_audio::triton_depthwise_conv2d`` (with its autograd and fake-tensor rules), so compiled
-models keep it. Nothing here runs on the CPU (but Triton's interpreter in the tests), and Triton
-is imported only when the Triton path runs.
+models keep it. A channels_last input is read, and its output and input gradient written, in
+channels_last by :mod:`dcls_audio.dcls.triton_dwconv_cl` (no NCHW copies; ``DCLS_TRITON_CL=0``
+copies through the NCHW kernels instead); since the paths are timed on tensors of the layer's
+layout, the choice weighs the Triton path as it runs. Nothing here runs on the CPU (but
+Triton's interpreter in the tests), and Triton is imported only when the Triton path runs.
 """
 
 from __future__ import annotations
@@ -92,7 +95,8 @@ def heuristic_path(h: int, kh: int, kw: int, training: bool, has_triton: bool) -
 
 def _key(x: Tensor, kernel: Tensor, pads: Pads, training: bool) -> tuple:
     flat = tuple(int(v) for lr in pads for v in lr)
-    return (tuple(x.shape), tuple(kernel.shape[-2:]), flat, x.dtype, training, x.device)
+    layout = _channels_last(x)  # the Triton path reads channels_last in place: another timing
+    return (tuple(x.shape), tuple(kernel.shape[-2:]), flat, x.dtype, training, x.device, layout)
 
 
 def choose_path(
@@ -208,34 +212,60 @@ def _like_input(y: Tensor, channels_last: bool) -> Tensor:
     return channels_last_like(y)
 
 
-def _triton_forward(x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Sequence[int]):
-    """Output (in ``x``'s layout), the aligned input buffer and the kernel in ``x``'s dtype."""
-    from . import triton_dwconv as tk
+def _direct(t: Tensor) -> bool:
+    """Whether the Triton path reads and writes ``t`` where it is (channels_last), without an
+    NCHW copy (``DCLS_TRITON_CL=0``: never)."""
+    return _channels_last(t) and os.environ.get("DCLS_TRITON_CL", "1") != "0"
 
+
+def _triton_forward(x: Tensor, kernel: Tensor, bias: Tensor | None, pads: Sequence[int]):
+    """Output (in ``x``'s layout), the saved input and the kernel in ``x``'s dtype.
+
+    The saved input is ``align(x, left)`` for the NCHW kernels, ``(x, None, None)`` when the
+    kernels read ``x`` in place (channels_last).
+    """
     top, _, left, _ = pads
     weight = kernel.to(x.dtype).contiguous()
+    out_hw = _out_hw(x, kernel, pads)
+    if _direct(x):
+        from . import triton_dwconv_cl as ts
+
+        return ts.dw_forward(x, weight, bias, top, left, out_hw, True), (x, None, None), weight
+    from . import triton_dwconv as tk
+
     aligned = tk.align(x, left)
-    y = tk.dw_forward(x, weight, bias, top, left, _out_hw(x, kernel, pads), aligned)
+    y = tk.dw_forward(x, weight, bias, top, left, out_hw, aligned)
     return _like_input(y, _channels_last(x)), aligned, weight
 
 
 def _triton_backward(
-    grad: Tensor, aligned: tuple, weight: Tensor, pads: Sequence[int], kernel_dtype: torch.dtype,
+    grad: Tensor, saved: tuple, weight: Tensor, pads: Sequence[int], kernel_dtype: torch.dtype,
     needs_input: bool, needs_kernel: bool, channels_last: bool = False,
 ) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
-    """Input and kernel gradients (None where not needed) from the saved aligned input; the
-    input gradient in channels_last when the input was."""
-    from . import triton_dwconv as tk
-
+    """Input and kernel gradients (None where not needed) from the saved input (see
+    :func:`_triton_forward`); the input gradient in channels_last when the input was. With a
+    channels_last input or output gradient the kernels read both where they are."""
     top, _, left, _ = pads
     kh, kw = weight.shape[-2:]
-    ga = tk.align(grad, kw - 1 - left)
+    xs, off, _ = saved
+    in_hw = (xs.shape[-2], _in_width(grad, weight, pads))
     gx = gk = None
+    if off is None or _direct(grad):
+        from . import triton_dwconv_cl as ts
+
+        if needs_input:
+            gx = ts.dw_input_grad(grad, weight, top, left, in_hw, channels_last)
+        if needs_kernel:
+            x = xs if off is None else xs[..., off : off + in_hw[1]]  # the aligned buffer's view
+            gk = ts.dw_weight_grad(x, grad, (kh, kw), top, left).to(kernel_dtype)
+        return gx, gk
+    from . import triton_dwconv as tk
+
+    ga = tk.align(grad, kw - 1 - left)
     if needs_input:
-        in_hw = (aligned[0].shape[-2], _in_width(grad, weight, pads))
         gx = _like_input(tk.dw_input_grad(grad, weight, top, left, in_hw, ga), channels_last)
     if needs_kernel:
-        gk = tk.dw_weight_grad(None, grad, (kh, kw), top, left, aligned, ga).to(kernel_dtype)
+        gk = tk.dw_weight_grad(None, grad, (kh, kw), top, left, saved, ga).to(kernel_dtype)
     return gx, gk
 
 
@@ -297,9 +327,9 @@ def triton_depthwise_backward_op(
     from . import triton_dwconv as tk
 
     weight = kernel.to(x.dtype).contiguous()
-    aligned = tk.align(x, pads[2])
+    saved = (x, None, None) if _direct(x) else tk.align(x, pads[2])
     gx, gk = _triton_backward(
-        grad, aligned, weight, pads, kernel.dtype, needs_input, needs_kernel, _channels_last(x)
+        grad, saved, weight, pads, kernel.dtype, needs_input, needs_kernel, _channels_last(x)
     )
     return (x.new_empty(0) if gx is None else gx), (kernel.new_empty(0) if gk is None else gk)
 

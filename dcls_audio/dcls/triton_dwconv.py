@@ -12,9 +12,11 @@ output gradient with the flipped kernel and leading paddings ``(kh - 1 - top, kw
 Both directions run on tensor cores: a tile of output rows for kernel row ``i`` is the input rows
 times the banded (Toeplitz) matrix of that kernel row; the weight gradient accumulates
 ``x_rows^T @ g_rows`` per kernel row and reads its taps off the diagonals. The rows of a tile are
-flattened (batch, output row) pairs, so small maps still fill a tile. Inputs are first copied into
-a zero-margined buffer whose row pitch and tile origin are multiples of 8 elements (:func:`align`),
-so that every tile row is one aligned, vectorised load with no column bounds but the pitch.
+flattened (batch, output row) pairs, so small maps still fill a tile. NCHW inputs are first copied
+into a zero-margined buffer whose row pitch and tile origin are multiples of 8 elements
+(:func:`align`; nothing is copied when already so laid out), so that every tile row is one
+aligned, vectorised load with no column bounds but the pitch. channels_last tensors are read and
+written in place by the kernels of :mod:`dcls_audio.dcls.triton_dwconv_cl` instead.
 Accumulation is float32; float32 operands use three TF32 products ("tf32x3"), float32-accurate.
 Block sizes, warps and pipeline stages come from :mod:`dcls_audio.dcls.tuning`.
 """

@@ -1,8 +1,9 @@
 """Copies between memory layouts for the Triton depthwise path, in one launch each.
 
 ``relayout(src, dst, off)`` writes ``dst[n, c, h, x] = src[n, c, h, x - off]`` (zero where
-``x - off`` is outside ``src``) for any strides of both, e.g. a channels_last activation into the
-zero-margined NCHW buffer the kernels read, or their NCHW output back to channels_last. A tile of
+``x - off`` is outside ``src``) for any strides of both, e.g. an activation into the
+zero-margined NCHW buffer the NCHW kernels read, or their NCHW output back to channels_last
+(only with ``DCLS_TRITON_CL=0``: channels_last tensors are otherwise read in place). A tile of
 (channels x columns) per program is loaded along the source's contiguous axis and stored along
 the destination's (Triton transposes it through shared memory): PyTorch's generic strided copy,
 with its zero fills for the margins, moved the same bytes about three times slower on an H200.

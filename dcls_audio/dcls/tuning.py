@@ -82,6 +82,40 @@ WGRAD_CANDIDATES = [
     _wgrad(64, 16, 4096, 4, 1),
 ]
 
+
+# the kernels of any layout (triton_dwconv_cl): channel blocks BC; BWI follows BW
+def _sfwd(bc: int, bm: int, bw: int, warps: int, stages: int) -> dict:
+    return {"BC": bc, "BM": bm, "BW": bw, "num_warps": warps, "num_stages": stages}
+
+
+def _swgrad(bc: int, br: int, bw: int, programs: int, warps: int, stages: int) -> dict:
+    cfg = {"BC": bc, "BR": br, "BW": bw, "programs": programs}
+    return cfg | {"num_warps": warps, "num_stages": stages}
+
+
+STRIDED_FWD_DEFAULT = _sfwd(8, 32, 16, 4, 1)
+STRIDED_FWD_CANDIDATES = [
+    STRIDED_FWD_DEFAULT,
+    _sfwd(8, 16, 16, 4, 1),
+    _sfwd(8, 64, 16, 8, 1),
+    _sfwd(16, 16, 16, 4, 1),
+    _sfwd(16, 32, 16, 8, 1),
+    _sfwd(8, 32, 32, 8, 1),
+    _sfwd(4, 64, 32, 8, 1),
+    _sfwd(8, 32, 16, 4, 2),
+]
+STRIDED_WGRAD_DEFAULT = _swgrad(8, 32, 16, 4096, 4, 1)
+STRIDED_WGRAD_CANDIDATES = [
+    STRIDED_WGRAD_DEFAULT,
+    _swgrad(8, 16, 16, 4096, 4, 1),
+    _swgrad(8, 64, 16, 4096, 8, 1),
+    _swgrad(16, 32, 16, 4096, 8, 1),
+    _swgrad(8, 32, 16, 2048, 4, 1),
+    _swgrad(8, 32, 16, 8192, 4, 1),
+    _swgrad(4, 32, 32, 4096, 8, 1),
+    _swgrad(8, 32, 16, 4096, 4, 2),
+]
+
 #: (kernel, shape, dtype, device name) -> chosen configuration, with "ms" (its time) and "timed"
 TUNED: dict[str, dict] = {}
 #: per key, every candidate's time in ms (None: failed); for the tuning report
@@ -207,6 +241,53 @@ def weight_grad_config(
 
     key = _key("wgrad", shape, xa.dtype, xa.device)
     cfg = _config(_choose(key, WGRAD_DEFAULT, WGRAD_CANDIDATES, run, xa.device, valid))
+    return _decided(fast, key, cfg)
+
+
+def _layout(t: Tensor) -> str:
+    """``cl`` for channels_last, ``nchw`` for contiguous, else the strides (keys of choices)."""
+    if t.is_contiguous():
+        return "nchw"
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return "cl"
+    return "s" + "-".join(str(v) for v in t.stride())
+
+
+def strided_forward_config(
+    x: Tensor, weight: Tensor, out_hw: tuple[int, int], run: Callable[[dict], object]
+) -> dict:
+    """The block configuration of the any-layout forward kernel for this shape and layout."""
+    fast = ("sfwd", x.shape, x.stride(), weight.shape, out_hw, x.dtype, x.device)
+    if fast in _DECIDED:
+        return _DECIDED[fast]
+    n, c, h, w = x.shape
+    kh, kw = weight.shape[-2:]
+    rows = n * out_hw[0]
+
+    def valid(cfg: dict) -> bool:  # no block far larger than the work it covers
+        return cfg["BM"] <= max(16, 2 * rows) and cfg["BW"] <= max(16, 2 * out_hw[1])
+
+    key = _key(f"sfwd-{_layout(x)}", (n, c, h, w, *out_hw, kh, kw), x.dtype, x.device)
+    candidates = STRIDED_FWD_CANDIDATES
+    cfg = _config(_choose(key, STRIDED_FWD_DEFAULT, candidates, run, x.device, valid))
+    return _decided(fast, key, cfg)
+
+
+def strided_weight_grad_config(
+    x: Tensor, grad: Tensor, kernel_hw: tuple[int, int], run: Callable[[dict], object]
+) -> dict:
+    """The block configuration of the any-layout weight-gradient kernel."""
+    fast = ("swgrad", x.shape, x.stride(), grad.shape, grad.stride(), kernel_hw, x.dtype, x.device)
+    if fast in _DECIDED:
+        return _DECIDED[fast]
+    shape = (*x.shape, *grad.shape[-2:], *kernel_hw)
+
+    def valid(cfg: dict) -> bool:
+        return cfg["BW"] <= max(16, 2 * grad.shape[-1])
+
+    key = _key(f"swgrad-{_layout(x)}-{_layout(grad)}", shape, x.dtype, x.device)
+    candidates = STRIDED_WGRAD_CANDIDATES
+    cfg = _config(_choose(key, STRIDED_WGRAD_DEFAULT, candidates, run, x.device, valid))
     return _decided(fast, key, cfg)
 
 
