@@ -413,7 +413,7 @@ TWO_NODE_STOPS = 1
 def two_nodes(partition) -> tuple[str, list[str]]:
     """The test cluster's partition of two nodes and its node names; skip or fail without one."""
     name = os.environ.get("SLURM_TEST_MULTI_PARTITION", "multi")
-    out = slurm("sinfo", "-h", "-p", name, "-o", "%N", check=False).strip()
+    out = ",".join(slurm("sinfo", "-h", "-p", name, "-o", "%N", check=False).split())
     nodes = slurm("scontrol", "show", "hostnames", out, check=False).split() if out else []
     if len(nodes) < 2:
         message = (
@@ -446,7 +446,7 @@ def task_starts(tdir: Path, job: str) -> dict[int, list[str]]:
 
 
 def step_launches(node: str, job: str) -> int:
-    """How many times node ``node``'s slurmd launched step 0 of ``job`` (from its log)."""
+    """How many times node ``node``'s slurmd launched step 0 of ``job`` (its log, on this host)."""
     conf = slurm("scontrol", "show", "config")
     path = re.search(r"^SlurmdLogFile\s*=\s*(\S+)", conf, re.M)
     log = Path(path.group(1).replace("%n", node).replace("%h", node)) if path else None
@@ -459,7 +459,7 @@ def test_two_node_job_trains_and_resumes_on_both_nodes(two_nodes, data_root, wor
     """One DDP job across two SLURM nodes: stopped at a time limit, requeued, resumed, exact.
 
     The job (one rank per node) gets SLURM's pre-timeout signal inside its first epoch, saves,
-    is requeued by submitit and starts again on both nodes: each rank starts twice, once on each
+    is requeued by submitit and starts again on both nodes: each rank starts twice on its own
     node, and the run resumes at the step it had reached. It ends with world size 2, each
     evaluation clip counted once, and the model tensors of an uninterrupted two-node run of the
     same config, launched beside it (one rank per node as well: each node has two CPUs).
