@@ -87,6 +87,8 @@ def train_epoch(
                 with torch.no_grad():
                     spec = r.frontend(waveform, generator=erase_gen)
                 mixed, target = r.mixup(spec, target, generator=mix_gen)
+                if r.channels_last:
+                    mixed = mixed.contiguous(memory_format=torch.channels_last)
                 if r.teacher is not None:  # its targets of the unmixed clips, mixed alike
                     soft = r.teacher.targets(spec, index[0] if index else None, r.mixup)
                 with maybe_no_sync(trainee.ddp_model, sync=micro == r.accum_steps - 1):

@@ -107,7 +107,11 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 @dataclass
 class Trainee:
-    """What is trained: the bare model, the module to call (DDP-wrapped or the same), the EMA."""
+    """What is trained: the bare model, the module to call, the EMA.
+
+    The module to call is the model DDP-wrapped and/or compiled (``trainer.compile``), or the
+    model itself; weights are saved and evaluated from the bare model.
+    """
 
     model: nn.Module
     ddp_model: nn.Module
@@ -132,6 +136,7 @@ class Recipe:
     amp: bool
     device: torch.device
     teacher: Teacher | None = None  # distillation: soft targets mixed into the loss
+    channels_last: bool = False  # input batches in channels_last, as the model (trainer.*)
 
 
 @dataclass(frozen=True)

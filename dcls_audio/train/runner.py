@@ -111,15 +111,24 @@ def _train(
 ) -> dict[str, Any]:
     """Body of `run` inside the process group: build, resume, fit, write results.json."""
     from dcls_audio.models import build_model
+    from dcls_audio.train.accel import (
+        check_compile,
+        compile_module,
+        memory_format,
+        resolve_channels_last,
+        warm_up,
+    )
     from dcls_audio.train.distill import DistillConfig, build_teacher, results_entry
     from dcls_audio.train.finetune import build_run_optimizer, freeze_backbone, init_report
-    from dcls_audio.train.loaders import batch_augment, build_loaders, resolve_classes
+    from dcls_audio.train.loaders import batch_augment, build_loaders, clip_samples, resolve_classes
     from dcls_audio.train.tasks import build_task, summary_line, write_confusion
 
     tr = cfg.trainer
     config = OmegaConf.to_container(cfg, resolve=True)
     main, seed = env.is_main, int(cfg.seed)
     accum = accumulation_steps(int(tr.global_batch_size), int(tr.batch_size), env.world_size)
+    layout = resolve_channels_last(tr.channels_last, device, str(cfg.conv.type))
+    compile_mode = check_compile(tr.compile, device, env.world_size)
     configure_determinism(bool(tr.deterministic), device)
     partial = ckpt.prepare_run_dir(out) if main else []  # and remove the files of killed saves
     barrier()
@@ -148,7 +157,7 @@ def _train(
 
     # Model, optimizer, schedule (built identically on every rank from the seed)
     torch.manual_seed(seed)
-    model = build_model(cfg.model, cfg.conv).to(device)
+    model = build_model(cfg.model, cfg.conv).to(device, memory_format=memory_format(layout))
     params = sum(p.numel() for p in model.parameters())
     optimizer = build_run_optimizer(model, cfg.optim, int(tr.global_batch_size))
     scheduler = build_scheduler(
@@ -186,6 +195,7 @@ def _train(
     freeze_backbone(model, optimizer, int(tr.freeze_backbone_epochs), lambda: state.epoch)
     amp = bool(tr.amp) and (device.type == "cuda" or bool(tr.amp_cpu))
     device_info = describe_device(device, amp, env.world_size)
+    device_info.update(channels_last=layout, compile=compile_mode)
     logger.print("device: " + ", ".join(f"{k} {v}" for k, v in device_info.items() if v))
     logger.print(
         f"run dir {out} | world {env.world_size} on {device} | batch {tr.batch_size} x "
@@ -201,6 +211,12 @@ def _train(
     ddp_model = (
         wrap_ddp(model, device, bool(tr.find_unused_parameters)) if env.distributed else model
     )
+    if compile_mode != "none":  # timed per-layer choices first, eagerly, then trace
+        with torch.no_grad():
+            spec = frontend.eval()(torch.zeros(1, clip_samples(cfg.data), device=device))
+        warm_up(model, (int(tr.batch_size), *spec.shape[1:]), device, amp=amp,
+                channels_last=layout)  # fmt: skip
+        ddp_model = compile_module(ddp_model, compile_mode)
     step_log = StepLog(
         logger, optimizer, every=int(tr.log_every), epochs=epochs, total_steps=total_steps,
         global_batch_size=int(tr.global_batch_size), device=device,
@@ -210,7 +226,7 @@ def _train(
     recipe = Recipe(
         frontend=frontend, mixup=mixup, task=task, optimizer=optimizer, scheduler=scheduler,
         accum_steps=accum, clamp_positions=bool(tr.clamp_positions), amp=amp, device=device,
-        teacher=teacher,
+        teacher=teacher, channels_last=layout,
     )  # fmt: skip
     plan = Plan(
         epochs=epochs, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
