@@ -66,10 +66,17 @@ def evaluate_checkpoint(
     device: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    channels_last: str = "auto",
+    compile: str = "none",
 ) -> dict[str, Any]:
-    """Metrics of one checkpoint over ``eval_files`` (each clip once, any world size)."""
+    """Metrics of one checkpoint over ``eval_files`` (each clip once, any world size).
+
+    ``channels_last`` and ``compile``: the model's layout and torch.compile mode, as the
+    trainer's ``trainer.channels_last`` and ``trainer.compile``.
+    """
     from dcls_audio.data import AudioSetHDF5, LogMelFrontend
     from dcls_audio.models.checkpoint import load_model
+    from dcls_audio.train.accel import prepare_inference
     from dcls_audio.train.distributed import distributed_session, pick_device, resolve_env
     from dcls_audio.train.evaluate import ShardedEvalSampler, predict
     from dcls_audio.train.loaders import saved_clip_and_task
@@ -97,7 +104,8 @@ def evaluate_checkpoint(
         frontend = LogMelFrontend().to(dev).eval()
         start = time.time()
         batches = _Progress(loader, progress and env.is_main)
-        scores, targets = predict(loaded.model, frontend, batches, dev, activation=task.activation)
+        net = prepare_inference(loaded.model, dev, channels_last, compile)
+        scores, targets = predict(net, frontend, batches, dev, activation=task.activation)
         seconds = time.time() - start
     metrics = task.metrics(scores, targets)
     report = loaded.report
@@ -139,6 +147,17 @@ def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--num-workers", type=int, default=0, help="loader workers (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_speed_arguments(p)
+
+
+def add_speed_arguments(p: argparse.ArgumentParser) -> None:
+    """``--channels-last`` and ``--compile``, as the trainer's options of the same names."""
+    from dcls_audio.train.accel import COMPILE_MODES
+
+    p.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
+                   help="model layout (auto: CUDA, and DCLS models on the CPU)")  # fmt: skip
+    p.add_argument("--compile", default="none", choices=COMPILE_MODES,
+                   help="torch.compile mode (reduce-overhead: CUDA only)")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.checkpoint, args.eval_files, model=args.model, conv=args.conv,
                 fmt=args.format, batch_size=args.batch_size, prefer_ema=not args.raw_weights,
                 device=args.device, num_workers=args.num_workers, progress=not args.no_progress,
+                channels_last=args.channels_last, compile=args.compile,
             )  # fmt: skip
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)

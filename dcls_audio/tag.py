@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from dcls_audio.data.stream import AudioReadError, expand_inputs
+from dcls_audio.evaluate import add_speed_arguments
 from dcls_audio.tagger import (
     SAMPLE_RATE,
     WINDOW_SAMPLES,
@@ -133,6 +134,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="use the raw model weights even when the checkpoint has EMA weights",
     )
+    add_speed_arguments(p)
     t = p.add_argument_group("timeline (--timeline)")
     d = TIMELINE_DEFAULTS
     t.add_argument("--timeline", action="store_true", help="frame-level scores and events")
@@ -191,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 unless every file failed (or the checkpoint did)."""
     args = _parse(argv)
     try:
-        tagger = load_tagger(args.checkpoint, args.device, prefer_ema=not args.raw_weights)
+        tagger = load_tagger(args.checkpoint, args.device, prefer_ema=not args.raw_weights,
+                             channels_last=args.channels_last, compile=args.compile)  # fmt: skip
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -47,21 +47,27 @@ class Tagger:
         return torch.cat(out)
 
 
-def load_tagger(checkpoint: str | Path, device: str = "cpu", prefer_ema: bool = True) -> Tagger:
-    """Build a ready-to-use Tagger from a checkpoint file."""
+def load_tagger(
+    checkpoint: str | Path,
+    device: str = "cpu",
+    prefer_ema: bool = True,
+    channels_last: str = "auto",
+    compile: str = "none",
+) -> Tagger:
+    """Build a ready-to-use Tagger from a checkpoint file (layout and compile as the trainer's)."""
     from dcls_audio.data import LogMelFrontend
     from dcls_audio.models.checkpoint import load_model
+    from dcls_audio.train.accel import prepare_inference
 
     loaded = load_model(checkpoint, prefer_ema=prefer_ema, device=device)
     dev = torch.device(device)
+    net = prepare_inference(loaded.model, dev, channels_last, compile)
     frontend = LogMelFrontend().to(dev).eval()
     # the run's clip length and task; files without them (older runs, foreign files): 10 s tags
     data = loaded.config.get("data") or {}
     window = round(float(data.get("clip_seconds", WINDOW_SECONDS)) * SAMPLE_RATE)
     activation = "softmax" if data.get("task") == "multiclass" else "sigmoid"
-    return Tagger(
-        loaded.model, frontend, loaded.class_names, dev, loaded.weights, window, activation
-    )
+    return Tagger(net, frontend, loaded.class_names, dev, loaded.weights, window, activation)
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:

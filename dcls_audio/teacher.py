@@ -74,12 +74,18 @@ def write_teacher_logits(
     device: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    channels_last: str = "auto",
+    compile: str = "none",
 ) -> dict[str, Any]:
-    """Score every clip of ``data_files`` with the teacher(s); write the sidecar ``out``."""
+    """Score every clip of ``data_files`` with the teacher(s); write the sidecar ``out``.
+
+    ``channels_last`` and ``compile`` as the trainer's options of the same names.
+    """
     from tqdm import tqdm
 
     from dcls_audio.data import AudioSetHDF5, LogMelFrontend
     from dcls_audio.models.checkpoint import load_model
+    from dcls_audio.train.accel import prepare_inference
     from dcls_audio.train.distributed import barrier, distributed_session, pick_device, resolve_env
     from dcls_audio.train.evaluate import ShardedEvalSampler, predict
     from dcls_audio.train.loaders import saved_clip_and_task
@@ -117,6 +123,7 @@ def write_teacher_logits(
         done = _open_partial(partial, names, num_classes, attrs) if env.is_main else 0
         done = int(_broadcast(done))
         frontend = LogMelFrontend().to(dev).eval()
+        nets = [prepare_inference(t.model, dev, channels_last, compile) for t in teachers]
         bar = tqdm(total=len(dataset), initial=done, unit="clip", disable=not (progress and
                    env.is_main))  # fmt: skip
         for start in range(done, len(dataset), block):
@@ -128,8 +135,8 @@ def write_teacher_logits(
                 sampler=ShardedEvalSampler(len(subset), env.rank, env.world_size),
                 **loader_options(num_workers),  # die with this process, leave signals to it
             )
-            probs = [predict(t.model, frontend, loader, dev, amp_dtype=amp,
-                             activation=activation)[0] for t in teachers]  # fmt: skip
+            probs = [predict(net, frontend, loader, dev, amp_dtype=amp,
+                             activation=activation)[0] for net in nets]  # fmt: skip
             if env.is_main:
                 with h5py.File(partial, "r+") as f:
                     f["logits"][rows.start : rows.stop] = ensemble_logits(probs, activation)
@@ -172,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.checkpoint, args.data_files, args.out, model=args.model, conv=args.conv,
                 fmt=args.format, batch_size=args.batch_size, block=args.block, device=args.device,
                 num_workers=args.num_workers, progress=not args.no_progress,
+                channels_last=args.channels_last, compile=args.compile,
             )  # fmt: skip
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)

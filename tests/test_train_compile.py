@@ -168,3 +168,37 @@ def test_ddp_and_compile_under_torchrun_on_the_cpu(data_root, tmp_path):
     assert results["world_size"] == 2 and results["device"]["compile"] == "default"
     keys = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["model"]
     assert not [k for k in keys if "_orig_mod" in k or k.startswith("module.")]
+
+
+@pytest.mark.slow
+def test_compiled_inference_builds_kernels_from_the_current_weights(data_root, tmp_path):
+    """--compile in evaluate: the metrics of eager evaluation; the compiled graph builds each
+    DCLS kernel from the weights of the moment (no stale eval-mode cache)."""
+    from dcls_audio.dcls import DclsNd
+    from dcls_audio.evaluate import evaluate_checkpoint
+    from dcls_audio.models.checkpoint import load_model
+    from dcls_audio.train.accel import prepare_inference
+
+    run(small_cfg(data_root), run_dir=tmp_path / "run")
+    ckpt, files = tmp_path / "run" / "last.pt", [str(data_root / "eval.h5")]
+    opts = {"device": "cpu", "progress": False}
+    eager = evaluate_checkpoint(ckpt, files, **opts)
+    compiled = evaluate_checkpoint(ckpt, files, compile="default", channels_last="true", **opts)
+    for key in ("map", "mauc"):
+        assert compiled[key] == pytest.approx(eager[key], abs=1e-6), key
+
+    model = load_model(ckpt, device="cpu").model.eval()
+    with torch.no_grad():  # layer scales of 1: the DCLS branches count in the output
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(1.0)
+    net = prepare_inference(model, torch.device("cpu"), "true", "default")
+    x = torch.randn(2, 1, 128, 401, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        before = net(x)
+        torch.testing.assert_close(before, model(x), rtol=1e-4, atol=1e-5)
+        layer = next(m for m in model.modules() if isinstance(m, DclsNd))
+        layer.weight.copy_(torch.randn_like(layer.weight))  # not a scale: a LayerNorm follows
+        after = net(x)
+        torch.testing.assert_close(after, model(x), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(before, after, atol=1e-4)

@@ -28,6 +28,7 @@ from torch import nn
 
 from dcls_audio.aggregate import PAPER_TABLE1
 from dcls_audio.config import load_group
+from dcls_audio.train.accel import COMPILE_MODES, check_compile, compile_module, warm_up
 
 INPUT_SHAPE = (1, 128, 1001)
 
@@ -83,6 +84,7 @@ class _Runner:
         dtype: str,
         batch_size: int,
         channels_last: bool,
+        compile: str = "none",
     ) -> None:
         self.model, self.mode, self.device = model, mode, device
         self.autocast = dtype == "bf16"
@@ -97,6 +99,12 @@ class _Runner:
             self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         else:
             self.model.eval()
+        self.call = self.model
+        compile = check_compile(compile, device, 1, "--compile")
+        if compile != "none":  # timed per-layer choices first, eagerly (as the trainer)
+            warm_up(self.model, tuple(self.x.shape), device, amp=self.autocast,
+                    channels_last=channels_last, training=mode == "train")  # fmt: skip
+            self.call = compile_module(self.model, compile)
 
     def _num_outputs(self) -> int:
         with torch.no_grad():
@@ -109,9 +117,9 @@ class _Runner:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             if self.mode == "infer":
                 with torch.inference_mode():
-                    self.model(self.x)
+                    self.call(self.x)
                 return
-            logits = self.model(self.x).float()
+            logits = self.call(self.x).float()
             loss = nn.functional.binary_cross_entropy_with_logits(logits, self.y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -138,6 +146,7 @@ def measure_model(
     warmup: int,
     repeats: int,
     channels_last: bool,
+    compile: str = "none",
 ) -> list[dict[str, Any]]:
     """Interleaved measurement of one model under several convs; one record per conv."""
     from dcls_audio.models import build_model
@@ -148,7 +157,7 @@ def measure_model(
     for conv in convs:
         torch.manual_seed(0)
         model = build_model(model_cfg, load_group("conv", conv))
-        runners[conv] = _Runner(model, mode, device, dtype, batch_size, channels_last)
+        runners[conv] = _Runner(model, mode, device, dtype, batch_size, channels_last, compile)
     for runner in runners.values():
         for _ in range(warmup):
             runner.step()
@@ -173,7 +182,8 @@ def measure_model(
                 "iters": iters,
                 "warmup": warmup,
                 "channels_last": channels_last,
-                "compiled": False,
+                "compiled": compile != "none",
+                "compile": compile,
                 "device_name": name,
             }
         )
@@ -196,6 +206,7 @@ def run_benchmark(
     dtypes: Sequence[str] | None = None,
     log: Any = None,
     on_records: Any = None,
+    compile: str = "none",
 ) -> list[dict[str, Any]]:
     """Measure every model x conv x mode (x dtype on CUDA); returns the list of records.
 
@@ -223,7 +234,7 @@ def run_benchmark(
             for dtype in dtypes:
                 args = (m, dev, dtype, batch_size, iters, warmup, repeats, channels_last)
                 try:
-                    recs = measure_model(model_name, convs, *args)
+                    recs = measure_model(model_name, convs, *args, compile=compile)
                 except Exception as err:  # noqa: BLE001 - one failing model leaves the others
                     if log is None:
                         raise
@@ -303,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "on", "off"],
         help="memory format of model and input (auto: channels_last)",
     )
+    p.add_argument("--compile", default="none", choices=COMPILE_MODES,
+                   help="torch.compile mode of the models (as trainer.compile)")  # fmt: skip
     p.add_argument("--iters", type=int, default=5, help="timed batches per repeat")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches per model before timing")
     p.add_argument(
@@ -332,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         channels_last=cl,
+        compile=args.compile,
         dtypes=[args.dtype] if args.dtype else None,
         log=lambda s: print(s, flush=True),
         on_records=(lambda r: _write(args.json, json.dumps(r, indent=2) + "\n"))

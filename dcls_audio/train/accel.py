@@ -33,7 +33,7 @@ CPU_CHANNELS_LAST = {"dcls": True, "dsc": False}
 
 
 def resolve_channels_last(
-    value: Any, device: torch.device, conv_type: str = "dcls", key: str = "trainer"
+    value: Any, device: torch.device, conv_type: str = "dcls", option: str = "trainer.channels_last"
 ) -> bool:
     """``trainer.channels_last`` as a bool; ``auto``: true on CUDA, on the CPU by conv type."""
     if isinstance(value, bool):
@@ -42,24 +42,26 @@ def resolve_channels_last(
         return value.lower() == "true"
     if isinstance(value, str) and value.lower() == "auto":
         return device.type == "cuda" or CPU_CHANNELS_LAST.get(conv_type, False)
-    raise ValueError(f"{key}.channels_last={value!r}: expected auto, true or false")
+    raise ValueError(f"{option}={value!r}: expected auto, true or false")
 
 
-def check_compile(mode: Any, device: torch.device, world_size: int, key: str = "trainer") -> str:
+def check_compile(
+    mode: Any, device: torch.device, world_size: int, option: str = "trainer.compile"
+) -> str:
     """``trainer.compile`` checked against where the run is; an error says what works instead."""
     mode = "none" if mode is None or mode is False else str(mode)
     if mode not in COMPILE_MODES:
-        raise ValueError(f"{key}.compile={mode!r}: expected one of {', '.join(COMPILE_MODES)}")
+        raise ValueError(f"{option}={mode!r}: expected one of {', '.join(COMPILE_MODES)}")
     if mode == "reduce-overhead" and device.type != "cuda":
         raise ValueError(
-            f"{key}.compile=reduce-overhead captures CUDA graphs and needs a CUDA device (this "
-            f"run is on {device}); use {key}.compile=default or none"
+            f"{option}=reduce-overhead captures CUDA graphs and needs a CUDA device (this "
+            f"run is on {device}); use {option}=default or none"
         )
     if mode == "reduce-overhead" and world_size > 1:
         raise ValueError(
-            f"{key}.compile=reduce-overhead under DDP ({world_size} processes): the gradient "
+            f"{option}=reduce-overhead under DDP ({world_size} processes): the gradient "
             "all-reduce hooks run between the captured graphs, which CUDA graphs cannot "
-            f"replay; use {key}.compile=max-autotune-no-cudagraphs or default"
+            f"replay; use {option}=max-autotune-no-cudagraphs or default"
         )
     return mode
 
@@ -74,6 +76,23 @@ def compile_module(module: nn.Module, mode: str) -> nn.Module:
     if mode == "none":
         return module
     return torch.compile(module, mode=None if mode == "default" else mode)
+
+
+def prepare_inference(
+    model: nn.Module, device: torch.device, channels_last: Any = "auto", compile: Any = "none"
+) -> nn.Module:
+    """The module an inference command calls: ``model`` in its layout, compiled or not.
+
+    ``channels_last`` and ``compile`` as the trainer's (``--channels-last``, ``--compile``);
+    the kernels of DCLS layers are built inside the compiled graph from the current weights.
+    """
+    from dcls_audio.dcls import DclsNd
+
+    conv_type = "dcls" if any(isinstance(m, DclsNd) for m in model.modules()) else "dsc"
+    layout = resolve_channels_last(channels_last, device, conv_type, "--channels-last")
+    mode = check_compile(compile, device, 1, "--compile")  # no DDP wrapper in inference
+    model.to(memory_format=memory_format(layout))
+    return compile_module(model, mode)
 
 
 @contextlib.contextmanager
