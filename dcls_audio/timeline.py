@@ -168,12 +168,7 @@ class WindowScorer:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.tagger, self.mode = tagger, mode
-        self.window = tagger.window_samples
-        # on the CPU the model runs channels_last, as the throughput benchmark measures it
-        self.memory_format = torch.contiguous_format
-        if tagger.device.type == "cpu":
-            self.memory_format = torch.channels_last
-            tagger.model.to(memory_format=self.memory_format)
+        self.window = tagger.window_samples  # the model's layout: load_tagger's channels_last
         self.stride = 0
         if mode == "frames":
             self.stride = feature_stride(tagger.model) * STFT_HOP  # samples per feature column
@@ -182,7 +177,7 @@ class WindowScorer:
     def __call__(self, windows: torch.Tensor) -> list[list[tuple[int, int, np.ndarray]]]:
         """Spans (relative to each window's start, in samples) and their class scores."""
         t = self.tagger
-        x = t.frontend(windows.to(t.device)).contiguous(memory_format=self.memory_format)
+        x = t.frontend(windows.to(t.device))
         if self.mode == "clip":
             probs = _activate(t.model(x), t.activation).cpu().numpy()
             return [[(0, self.window, p)] for p in probs]
