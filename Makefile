@@ -55,8 +55,9 @@ test-fast:
 test-faults:
 	$(BIN)/python -m pytest -q --faults tests/test_faults.py
 
-# A real single-node SLURM on localhost (installed with apt when missing; needs root): a 2-seed
-# hydra/launcher=slurm sweep, aggregation, three forced timeouts with requeue and resume.
+# A real SLURM on this host, two slurmd nodes (installed with apt when missing; needs root): a
+# 2-seed hydra/launcher=slurm sweep, aggregation, forced timeouts and preemptions with requeue and
+# resume, a two-node DDP job stopped, requeued and resumed on both nodes.
 test-slurm:
 	tests/slurm/run.sh
 
