@@ -124,8 +124,12 @@ def test_operators_pass_opcheck(version):
     if gauss:
         sig.requires_grad_()
     grad = torch.randn(3, 1, 5, 9)
-    bwd = [grad, w.detach(), p.detach(), None if sig is None else sig.detach(), [7, 9], gauss,
-           window]  # fmt: skip
+    profiles = [t.detach() for t in construct_2d(*fwd)[1:]]
+    bwd = [grad, w.detach(), p.detach(), None if sig is None else sig.detach(), *profiles,
+           [7, 9], gauss, window]  # fmt: skip
+    empty = [w.new_empty(0)] * 4  # profiles not kept: recomputed
+    for args in (bwd, bwd[:4] + empty + bwd[8:]):
+        torch.testing.assert_close(construct_2d_backward(*args), construct_2d_backward(*bwd))
     for op, args in ((construct_2d, fwd), (construct_2d_backward, bwd)):
         checks = torch.library.opcheck(op, args, raise_exception=False)
         assert checks and all(v == "SUCCESS" for v in checks.values()), (op, checks)
@@ -146,9 +150,8 @@ def test_cuda_branch_traces_to_one_triton_kernel_each():
 
     def both(w, p, s, g):
         window = [4, 19, 5, 18]
-        return construct_2d(w, p, s, [23, 23], True, window), construct_2d_backward(
-            g, w, p, s, [23, 23], True, window
-        )
+        out = construct_2d(w, p, s, [23, 23], True, window)
+        return out, construct_2d_backward(g, w, p, s, *out[1:], [23, 23], True, window)
 
     with FakeTensorMode():
         w, p, s = (torch.empty(shape, device="cuda") for shape in ((4, 1, 26), (2, 4, 1, 26),
@@ -180,6 +183,6 @@ def test_operators_never_materialise_count_times_kernel():
 
     window = [0, size, 0, size]
     with _Record():
-        k = construct_op._forward_torch(w, p, s, [size, size], True, window)
-        construct_op._backward_torch(torch.ones_like(k), w, p, s, [size, size], True, window)
+        k, profiles = construct_op._forward_torch(w, p, s, [size, size], window)
+        construct_op._backward_torch(torch.ones_like(k), w, p, s, profiles, [size, size], window)
     assert max(numels) <= out_ch * size * max(size, count)

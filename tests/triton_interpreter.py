@@ -273,7 +273,9 @@ def construct_op_checks() -> dict:
         args = [w, P, SIG, list(size), version == "gauss", win]
         grad = torch.randn(c, 1, win[1] - win[0], win[3] - win[2], generator=gen)
         fwd = [t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in args]
-        for op, op_args in ((construct_2d, fwd), (construct_2d_backward, [grad, *args])):
+        profiles = [t.detach() for t in construct_2d(*args)[1:]]
+        bwd = [grad, *args[:3], *profiles, *args[3:]]
+        for op, op_args in ((construct_2d, fwd), (construct_2d_backward, bwd)):
             checks = torch.library.opcheck(op, op_args, raise_exception=False)
             result[f"{op._name}-{name}"] = {k: str(v) for k, v in checks.items()}
     return result

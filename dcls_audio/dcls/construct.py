@@ -236,7 +236,7 @@ def _construct_2d(
     window: Sequence[tuple[int, int]] | None,
 ) -> Tensor:  # fmt: skip
     """The 2-D construction through the operator ``dcls_audio::construct_2d``."""
-    from .construct_op import check_triton, construct_2d
+    from .construct_op import check_triton, construct_kernel_2d_op
 
     gauss = version == "gauss"
     sig = SIG if gauss else None
@@ -244,4 +244,4 @@ def _construct_2d(
     win = [int(lo_h), int(hi_h), int(lo_w), int(hi_w)]
     if weight.device.type == "cuda":
         check_triton(weight, P, sig, list(size), gauss, win)
-    return construct_2d(weight, P, sig, list(size), gauss, win)
+    return construct_kernel_2d_op(weight, P, sig, list(size), gauss, win)

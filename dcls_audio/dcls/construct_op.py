@@ -26,7 +26,13 @@ from torch.library import triton_op, wrap_triton
 
 from .construct import NORM_EPS, SIGMA_OFFSET
 
-__all__ = ["construct_2d", "construct_2d_backward", "check_triton", "TRITON_CHECKED"]
+__all__ = [
+    "TRITON_CHECKED",
+    "check_triton",
+    "construct_2d",
+    "construct_2d_backward",
+    "construct_kernel_2d_op",
+]
 
 #: device -> whether the Triton construction matched the PyTorch one there (checked once)
 TRITON_CHECKED: dict[torch.device, bool] = {}
@@ -64,111 +70,147 @@ def _profile(position: Tensor, sigma: Tensor | None, size: int) -> tuple[Tensor,
     if sigma is None:
         return torch.relu(1.0 - x.abs()), x
     t = x / sigma.unsqueeze(-1)
-    return torch.exp(t.square().mul(-0.5)), t
+    return torch.exp(t.square().mul_(-0.5)), t
 
 
-def _profiles(P: Tensor, SIG: Tensor | None, size: list[int], gauss: bool, n: int, count: int):
-    """Per axis (profile, t or x, sigma or None) and the full-grid sums, as construct_kernel."""
-    out, sums = [], []
-    for d, s in enumerate(size):
-        sigma = SIG[d].reshape(n, count).abs() + SIGMA_OFFSET if gauss else None
-        g, t = _profile(P[d].reshape(n, count), sigma, s)
-        out.append((g, t, sigma))
-        sums.append(g.sum(-1))
-    return out, sums[0], sums[1]
+def _sigmas(SIG: Tensor | None, n: int, count: int) -> list[Tensor | None]:
+    return [None, None] if SIG is None else [S.reshape(n, count).abs() + SIGMA_OFFSET for S in SIG]
 
 
-def _forward_torch(weight, P, SIG, size, gauss, window) -> Tensor:
+def _profiles(P: Tensor, SIG: Tensor | None, size: list[int], n: int, count: int) -> list[Tensor]:
+    """``[g_0, t_0, g_1, t_1]``: per axis the profile and its ``t`` (hat: ``x``), (n, count, s)."""
+    out = []
+    for d, (s, sigma) in enumerate(zip(size, _sigmas(SIG, n, count), strict=True)):
+        out.extend(_profile(P[d].reshape(n, count), sigma, s))
+    return out
+
+
+def _saves_profiles(t: Tensor, triton: bool) -> bool:
+    """Whether the forward returns the profiles for the backward: wherever it is not one Triton
+    launch on CUDA, whose backward launch recomputes them (on every other device, whatever runs,
+    so that fake and real tensors agree)."""
+    return t.device.type != "cuda" or not triton
+
+
+def _forward_torch(weight, P, SIG, size, window) -> tuple[Tensor, list[Tensor]]:
     out_ch, in_ch, count = weight.shape
     n = out_ch * in_ch
-    ((g0, _, _), (g1, _, _)), sum0, sum1 = _profiles(P, SIG, size, gauss, n, count)
-    total = sum0 * sum1
-    scale = weight.reshape(n, count) / (total + NORM_EPS)
+    profiles = _profiles(P, SIG, size, n, count)
+    g0, _, g1, _ = profiles
+    scale = weight.reshape(n, count) / (g0.sum(-1) * g1.sum(-1) + NORM_EPS)
     lo_h, hi_h, lo_w, hi_w = window
     first = (g0[..., lo_h:hi_h] * scale.unsqueeze(-1)).transpose(1, 2)  # (n, a, count)
     kernel = torch.bmm(first, g1[..., lo_w:hi_w])
-    return kernel.reshape(out_ch, in_ch, hi_h - lo_h, hi_w - lo_w)
+    return kernel.reshape(out_ch, in_ch, hi_h - lo_h, hi_w - lo_w), profiles
 
 
-def _axis_grad(dg: Tensor, grad_sum: Tensor, prof: tuple, lo: int, hi: int, size: int):
-    """Gradients of one axis' centre and sigma from dL/dg (window) and dL/d(full-grid sum)."""
-    g, t, sigma = prof
+def _axis_grad(dg: Tensor, grad_sum: Tensor, g: Tensor, t: Tensor, sigma, lo: int, hi: int):
+    """Gradients of one axis' position and sigma from dL/dg (window) and dL/d(full-grid sum)."""
+    size = g.shape[-1]
     if lo != 0 or hi != size:
         dg = torch.nn.functional.pad(dg, (lo, size - hi))
     dg = dg + grad_sum.unsqueeze(-1)
     if sigma is None:  # hat: d g / d centre = sign(x) where g > 0
-        return (dg * torch.sign(t).mul(g > 0)).sum(-1), None
-    u = dg.mul(g).mul(t)
-    return u.sum(-1) / sigma, u.mul(t).sum(-1) / sigma
+        return dg.mul_(torch.sign(t).mul_(g > 0)).sum(-1), None
+    u = dg.mul_(g).mul_(t)
+    return u.sum(-1) / sigma, u.mul_(t).sum(-1) / sigma
 
 
-def _backward_torch(grad, weight, P, SIG, size, gauss, window):
+def _backward_torch(grad, weight, P, SIG, profiles, size, window):
+    """Closed-form gradients (the profiles recomputed when not given)."""
     out_ch, in_ch, count = weight.shape
     n = out_ch * in_ch
-    profs, sum0, sum1 = _profiles(P, SIG, size, gauss, n, count)
+    if profiles[0].numel() == 0:
+        profiles = _profiles(P, SIG, size, n, count)
+    g0f, t0, g1f, t1 = profiles
+    sum0, sum1 = g0f.sum(-1), g1f.sum(-1)
     denom = sum0 * sum1 + NORM_EPS
     scale = weight.reshape(n, count) / denom
     lo_h, hi_h, lo_w, hi_w = window
-    g0 = profs[0][0][..., lo_h:hi_h]
-    g1 = profs[1][0][..., lo_w:hi_w]
+    g0, g1 = g0f[..., lo_h:hi_h], g1f[..., lo_w:hi_w]
     grad = grad.reshape(n, hi_h - lo_h, hi_w - lo_w)
     grad_first = torch.bmm(g1, grad.transpose(1, 2))  # (n, count, a)
     grad_g1 = torch.bmm(g0 * scale.unsqueeze(-1), grad)  # (n, count, b)
     grad_scale = (grad_first * g0).sum(-1)
     grad_total = -grad_scale * scale / denom
-    c0, s0 = _axis_grad(grad_first * scale.unsqueeze(-1), grad_total * sum1, profs[0], lo_h, hi_h,
-                        size[0])  # fmt: skip
-    c1, s1 = _axis_grad(grad_g1, grad_total * sum0, profs[1], lo_w, hi_w, size[1])
+    sig0, sig1 = _sigmas(SIG, n, count)
+    c0, s0 = _axis_grad(grad_first.mul_(scale.unsqueeze(-1)), grad_total * sum1, g0f, t0, sig0,
+                        lo_h, hi_h)  # fmt: skip
+    c1, s1 = _axis_grad(grad_g1, grad_total * sum0, g1f, t1, sig1, lo_w, hi_w)
     grad_p = torch.stack((c0, c1)).reshape(P.shape)
-    if gauss:  # d|SIG|/dSIG = sgn(SIG), zero at zero as autograd's abs
-        grad_s = torch.stack((s0, s1)).reshape(SIG.shape) * torch.sgn(SIG)
-    else:
-        grad_s = P.new_empty(0)
+    grad_s = P.new_empty(0)
+    if SIG is not None:  # d|SIG|/dSIG = sgn(SIG), zero at zero as autograd's abs
+        grad_s = torch.stack((s0, s1)).reshape(SIG.shape).mul_(torch.sgn(SIG))
     return (grad_scale / denom).reshape(weight.shape), grad_p, grad_s
 
 
 @triton_op("dcls_audio::construct_2d", mutates_args=())
 def construct_2d(
     weight: Tensor, P: Tensor, SIG: Tensor | None, size: list[int], gauss: bool, window: Window
-) -> Tensor:
-    """The windowed 2-D kernel (out, in/groups, hi_h - lo_h, hi_w - lo_w), one operator."""
-    if _use_triton(weight):
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The windowed 2-D kernel (out, in/groups, hi_h - lo_h, hi_w - lo_w), one operator, and the
+    profiles ``g_0, t_0, g_1, t_1`` its backward reuses (empty where it recomputes them)."""
+    sig = SIG if gauss else None
+    triton = _use_triton(weight)
+    if triton:
         from .triton_construct import construct_forward_2d
 
-        args = [t if t is None else t.contiguous() for t in (weight, P, SIG)]
-        return construct_forward_2d(*args, tuple(size), gauss, tuple(window), _launcher(weight))
-    return _forward_torch(weight, P, SIG, size, gauss, window)
+        args = [t if t is None else t.contiguous() for t in (weight, P, sig)]
+        kernel = construct_forward_2d(*args, tuple(size), gauss, tuple(window), _launcher(weight))
+        if not _saves_profiles(weight, triton):
+            return kernel, *(weight.new_empty(0) for _ in range(4))
+        out_ch, in_ch, count = weight.shape  # Triton's interpreter: the CPU's outputs
+        return kernel, *_profiles(P, sig, size, out_ch * in_ch, count)
+    kernel, profiles = _forward_torch(weight, P, sig, size, window)
+    if not _saves_profiles(weight, triton):
+        return kernel, *(weight.new_empty(0) for _ in range(4))
+    return kernel, *profiles
 
 
 @triton_op("dcls_audio::construct_2d_backward", mutates_args=())
 def construct_2d_backward(
-    grad: Tensor, weight: Tensor, P: Tensor, SIG: Tensor | None, size: list[int], gauss: bool,
-    window: Window,
+    grad: Tensor, weight: Tensor, P: Tensor, SIG: Tensor | None, g0: Tensor, t0: Tensor,
+    g1: Tensor, t1: Tensor, size: list[int], gauss: bool, window: Window,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Gradients of :func:`construct_2d`: weight, P and SIG (empty for bilinear); one operator."""
+    """Gradients of :func:`construct_2d`: weight, P and SIG (empty for bilinear); one operator.
+
+    ``g0, t0, g1, t1``: the profiles :func:`construct_2d` returned (empty: recomputed).
+    """
+    sig = SIG if gauss else None
     if _use_triton(weight):
         from .triton_construct import construct_backward_2d
 
-        args = [t if t is None else t.contiguous() for t in (grad, weight, P, SIG)]
+        args = [t if t is None else t.contiguous() for t in (grad, weight, P, sig)]
         return construct_backward_2d(*args, tuple(size), gauss, tuple(window), _launcher(weight))
-    return _backward_torch(grad, weight, P, SIG, size, gauss, window)
+    return _backward_torch(grad, weight, P, sig, [g0, t0, g1, t1], size, window)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     weight, P, SIG, size, gauss, window = inputs
-    ctx.save_for_backward(weight, P, SIG)
+    ctx.save_for_backward(weight, P, SIG, *output[1:])
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zero gradients made for the profiles
     ctx.args = (list(size), gauss, list(window))
 
 
-def _backward(ctx, grad: Tensor):
-    weight, P, SIG = ctx.saved_tensors
-    gw, gp, gs = construct_2d_backward(grad, weight, P, SIG, *ctx.args)
+def _backward(ctx, grad: Tensor | None, *_profile_grads):
+    if grad is None:  # nothing reached the kernel
+        return None, None, None, None, None, None
+    weight, P, SIG, *profiles = ctx.saved_tensors
+    gw, gp, gs = construct_2d_backward(grad, weight, P, SIG, *profiles, *ctx.args)
     needs = ctx.needs_input_grad
-    gs = gs if SIG is not None and needs[2] else None
+    gs = gs if ctx.args[1] and needs[2] else None
     return (gw if needs[0] else None), (gp if needs[1] else None), gs, None, None, None
 
 
 construct_2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def construct_kernel_2d_op(
+    weight: Tensor, P: Tensor, SIG: Tensor | None, size: list[int], gauss: bool, window: Window
+) -> Tensor:
+    """The kernel alone from :func:`construct_2d` (what construct_kernel returns)."""
+    return construct_2d(weight, P, SIG, size, gauss, window)[0]
 
 
 def check_triton(weight: Tensor, P: Tensor, SIG: Tensor | None, size, gauss: bool, window) -> None:
@@ -181,7 +223,7 @@ def check_triton(weight: Tensor, P: Tensor, SIG: Tensor | None, size, gauss: boo
     with torch.no_grad():
         args = [t if t is None else t.detach().contiguous() for t in (weight, P, SIG)]
         try:
-            ref = _forward_torch(*args, size, gauss, window)
+            ref = _forward_torch(*args, size, window)[0]
             fused = construct_forward_2d(*args, tuple(size), gauss, tuple(window))
             err = ((fused - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
         except Exception as exc:  # noqa: BLE001 - the PyTorch construction still works
