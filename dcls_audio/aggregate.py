@@ -6,7 +6,10 @@ loader workers, logging, wandb): two runs that differ in a kernel size or a lear
 two rows, and rows of the same model and conv show the keys that tell them apart. The spread
 is the sample standard deviation (ddof=1) over the runs of a group; a group with a single run
 shows its value alone. Duplicate seeds within a group are kept and
-reported with a warning (a copied or re-run directory would otherwise go unnoticed).
+reported with a warning (a copied or re-run directory would otherwise go unnoticed). Runs
+evaluated on strongly labelled clips also have event metrics (segment F1, segment AP, PSDS1 when
+present: `dcls_audio.train.event_metrics`); they appear beside mAP, with their segment length and
+threshold under the table, only when some run has them.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ CONV_LABELS = {"dsc": "DSC 7×7", "dcls_gauss": "DCLS-Gauss 23²/26", "dcls_bili
 # results.json key -> (column title, scale, decimals)
 METRICS: dict[str, tuple[str, float, int]] = {
     "map": ("mAP (%)", 100.0, 2),
+    # event metrics of strongly labelled evaluation clips (dcls_audio.train.event_metrics)
+    "segment_f1": ("segment F1 (%)", 100.0, 2),
+    "segment_ap": ("segment AP (%)", 100.0, 2),
+    "psds1": ("PSDS1", 1.0, 3),
     "mauc": ("mAUC (%)", 100.0, 2),
     "dprime": ("d′", 1.0, 3),
     "accuracy": ("accuracy (%)", 100.0, 2),  # multiclass runs (data.task=multiclass)
@@ -124,6 +131,7 @@ class Group:
     seeds: list[Any] = field(default_factory=list)
     optims: set[str] = field(default_factory=set)
     classes: set[int] = field(default_factory=set)
+    event_settings: set[tuple[Any, Any]] = field(default_factory=set)  # (segment_s, threshold)
     values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
 
@@ -180,6 +188,8 @@ def load_groups(paths: list[Path]) -> dict[tuple[str, str, str], Group]:
         for k in METRICS:
             if k in res:
                 g.values[k].append(metric_value(res[k]))
+        if "segment_f1" in res:
+            g.event_settings.add((res.get("segment_s"), res.get("segment_threshold")))
     _mark_differences(groups)
     for g in groups.values():
         counts: dict[Any, list[Path]] = defaultdict(list)
@@ -258,6 +268,10 @@ def summarize(groups: dict[tuple[str, str, str], Group]) -> list[dict[str, Any]]
         for k, vals in g.values.items():
             m, s = mean_std(vals)
             row[k] = {"mean": m, "std": s, "n": len(vals)}
+        if g.event_settings:
+            row["event_settings"] = [
+                {"segment_s": s, "threshold": t} for s, t in sorted(g.event_settings, key=str)
+            ]
         row["paper"] = _paper_row(key, g)
         rows.append(row)
     return rows
@@ -301,6 +315,13 @@ def render_markdown(groups: dict[tuple[str, str, str], Group]) -> str:
         "not comparable. The paper's parameter counts match 1000-class heads; with 527 outputs "
         "the timm models have about 28.2M / 25.8M / 21.1M.",
     ]
+    events = sorted(set().union(*(g.event_settings for g in groups.values())), key=str)
+    if events:
+        at = "; ".join(f"{_plain(s)}-s segments, threshold {_plain(t)}" for s, t in events)
+        lines[-1] += (
+            " Segment F1 (micro over segments and classes) and segment AP (mean over classes) "
+            f"are over the strongly labelled evaluation clips ({at})."
+        )
     return "\n".join(lines) + "\n"
 
 

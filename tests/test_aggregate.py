@@ -210,3 +210,52 @@ def test_kernel_size_and_lr_sweeps_are_never_averaged(tmp_path: Path):
     }
     assert rows["DCLS-Gauss 11²/26"]["paper"] is None
     assert rows["DCLS-Gauss 23²/26"]["paper"]["map"] == 45.52
+
+
+def table_columns(out: str) -> list[dict[str, str]]:
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    head = [h.strip() for h in lines[0].strip("|").split("|")]
+    return [
+        dict(zip(head, (c.strip() for c in row.strip("|").split("|")), strict=True))
+        for row in lines[1:]
+    ]
+
+
+def test_event_metrics_beside_map(runs: Path, capsys):
+    # three seeds of a strong-label run: segment F1 50, 52, 54 % -> 52.00 ± 2.00
+    for seed, (f1, ap) in enumerate([(0.50, 0.30), (0.52, 0.33), (0.54, 0.36)]):
+        write_run(runs, f"strong/{seed}", "convnext_atto", "dcls_gauss", seed, map=0.2,
+                  segment_f1=f1, segment_ap=ap, psds1=0.1 * (seed + 1), segment_s=1.0,
+                  segment_threshold=0.5, event_clips=40)  # fmt: skip
+    assert main([str(runs), "--json", str(runs / "summary.json")]) == 0
+    out = capsys.readouterr().out
+    head = out.splitlines()[0]
+    assert head.index("mAP (%)") < head.index("segment F1 (%)") < head.index("segment AP (%)")
+    assert head.index("segment AP (%)") < head.index("PSDS1") < head.index("mAUC (%)")
+    rows = {(r["model"], r["conv"]): r for r in table_columns(out)}
+    strong = rows[("convnext_atto", "DCLS-Gauss 23²/26")]
+    assert strong["segment F1 (%)"] == "52.00 ± 2.00"
+    assert strong["segment AP (%)"] == "33.00 ± 3.00"
+    assert strong["PSDS1"] == "0.200 ± 0.100"
+    assert strong["mAP (%)"] == "20.00 ± 0.00"
+    weak = rows[("ConvNeXt-T", "DCLS-Gauss 23²/26")]
+    assert weak["segment F1 (%)"] == weak["segment AP (%)"] == weak["PSDS1"] == "–"
+    assert "1.0-s segments, threshold 0.5" in out
+    summary = json.loads((runs / "summary.json").read_text())
+    row = next(r for r in summary if r["model"] == "convnext_atto" and r["conv"] == "dcls_gauss")
+    assert row["segment_f1"]["mean"] == pytest.approx(0.52) and row["segment_f1"]["n"] == 3
+    assert row["segment_ap"]["std"] == pytest.approx(0.03)
+    assert row["event_settings"] == [{"segment_s": 1.0, "threshold": 0.5}]
+    assert "segment_f1" not in next(r for r in summary if r["conv"] == "dsc")
+
+
+def test_runs_without_event_metrics_keep_their_table(runs: Path, capsys):
+    assert main([str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "segment" not in out and "PSDS1" not in out
+    head = [h.strip() for h in out.splitlines()[0].strip("|").split("|")]
+    assert head[4:7] == ["runs (seeds)", "mAP (%)", "mAUC (%)"]
+    # a strong-label run with no strongly labelled evaluation clip has event_clips only
+    write_run(runs, "nostrong/0", "convnext_atto", "dsc", 1, map=0.1, event_clips=0)
+    assert main([str(runs)]) == 0
+    assert "segment" not in capsys.readouterr().out
