@@ -38,7 +38,9 @@ INFO_KEYS = (
 )
 # metrics every results.json holds (compute_metrics' keys plus the clip count); multiclass runs
 # (task "multiclass") add dcls_audio.train.tasks.MULTICLASS_KEYS: accuracy, macro_f1,
-# per_class_recall, confusion_matrix
+# per_class_recall, confusion_matrix; runs with strongly labelled evaluation clips add
+# dcls_audio.train.event_metrics.event_metrics' keys: event_clips, segment_threshold, segment_s
+# and, when event_clips > 0, EVENT_METRIC_KEYS (segment_f1, segment_ap, ...)
 METRIC_KEYS = (
     "map",
     "mauc",
