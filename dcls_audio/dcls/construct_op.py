@@ -4,8 +4,10 @@ Written by hand (rather than left to autograd over :mod:`dcls_audio.dcls.constru
 operations) so that a DCLS layer costs one operator forward and one backward: on CUDA each is
 one Triton launch (:mod:`dcls_audio.dcls.triton_construct`), on the CPU each runs the exact
 PyTorch separable construction (the forward is the same sequence of operations as
-:func:`construct_kernel`'s, the backward its closed form: the same two batched products autograd
-runs, and the profiles' derivatives). Both are :func:`torch.library.triton_op` operators:
+:func:`construct_kernel`'s and also returns the 1-D profiles; the backward is its closed form
+from them: the same two batched products autograd runs, and the profiles' derivatives; on CUDA
+the backward launch recomputes the profiles instead). Both are :func:`torch.library.triton_op`
+operators:
 eagerly and to a ``TorchDispatchMode`` each is one operator; under torch.compile they decompose,
 so inductor compiles the Triton kernel itself on CUDA (and fuses the PyTorch operations on the
 CPU). The window (crop) of :func:`construct_kernel` is an argument of both.
@@ -44,9 +46,9 @@ def _use_triton(t: Tensor) -> bool:
     if os.environ.get("DCLS_FUSED_CONSTRUCT", "1") == "0" or t.dtype != torch.float32:
         return False
     if t.device.type == "cuda":
-        from .dwconv import triton_available
+        from .dwconv import _HAS_TRITON
 
-        return triton_available() and TRITON_CHECKED.get(t.device, True)
+        return _HAS_TRITON and TRITON_CHECKED.get(t.device, True)
     # Triton's interpreter (tests) runs the kernels on real CPU tensors; traced (fake or
     # functional) ones take the PyTorch path, of the same shapes, since it cannot trace them
     interpreted = os.environ.get("TRITON_INTERPRET") == "1" and t.device.type == "cpu"
