@@ -13,6 +13,14 @@ import torch
 from torch.utils.data import Dataset
 
 from .sampling import EpochIndex
+from .strong import (
+    MAX_EVENTS,
+    TooManyEventsError,
+    max_overlap,
+    move_events,
+    pad_events,
+    read_strong,
+)
 from .waveform import CLIP_SAMPLES, INT16_SCALE, SAMPLE_RATE, WaveformAugment
 
 log = logging.getLogger(__name__)
@@ -140,6 +148,13 @@ def read_packed_targets(path: Path, rows: np.ndarray, block: int = 65536) -> np.
 class AudioSetHDF5(Dataset):
     """AudioSet clips from PANNs-layout HDF5 files: item -> (waveform (320000,), target (C,)).
 
+    With strong labels in any file (`has_strong`; layout in `dcls_audio.data.strong`) an item is
+    (waveform, target, events (max_events, 3) float32, strong bool scalar): the clip's events as
+    ``[onset_s, offset_s, class]`` rows padded with ``[0, 0, -1]``, moved exactly as the training
+    augmentation moves the audio (`move_events`), and whether the row is strongly labelled (rows
+    of weak-only files are not). `strong_classes` (C,) is the AND over the files with strong
+    labels (a class counts as labelled only where every such file labels it; all False if none).
+
     Every file is validated at construction; rows with an empty ``audio_name`` (clips missing
     from a PANNs pack) are skipped and counted. Files are opened lazily in each process, so the
     dataset can be handed to DataLoader workers. Targets are read once at construction and kept
@@ -164,6 +179,7 @@ class AudioSetHDF5(Dataset):
         clip_samples: int = CLIP_SAMPLES,
         fold: int | None = None,
         fold_mode: str = "only",
+        max_events: int = MAX_EVENTS,
     ) -> None:
         if isinstance(files, (str, os.PathLike)):
             files = [files]
@@ -174,7 +190,9 @@ class AudioSetHDF5(Dataset):
         self.train = bool(train)
         self.seed = int(seed)
         self.epoch = 0
-        file_idx, rows, targets = [], [], []
+        self.clip_samples = int(clip_samples)
+        self.max_events = int(max_events)
+        file_idx, rows, targets, strong = [], [], [], []
         self.skipped_per_file: dict[str, int] = {}
         for i, path in enumerate(self.files):
             audio_name = validate_file(path, self.num_classes, sample_rate, clip_samples)
@@ -185,9 +203,12 @@ class AudioSetHDF5(Dataset):
             file_idx.append(np.full(len(usable), i, dtype=np.int32))
             rows.append(usable.astype(np.int64))
             targets.append(read_packed_targets(path, usable))
+            strong.append(read_strong(path, len(audio_name), self.num_classes,
+                                      clip_samples / SAMPLE_RATE))  # fmt: skip
         self._file_idx = np.concatenate(file_idx)
         self._rows = np.concatenate(rows)
         self._targets = np.concatenate(targets)  # (rows, ceil(C / 8)) uint8, bit-packed
+        self._gather_strong(strong, rows)
         self.num_skipped = sum(self.skipped_per_file.values())
         if self.num_skipped:
             detail = ", ".join(f"{p}: {k}" for p, k in self.skipped_per_file.items() if k)
@@ -205,6 +226,44 @@ class AudioSetHDF5(Dataset):
         self._pid: int | None = None
         self._handles: list[h5py.File | None] = []
         self._waves: list[h5py.Dataset | None] = []
+
+    def _gather_strong(self, labels: list, rows: list[np.ndarray]) -> None:
+        """Keep the usable rows' strong flags and events (CSR by dataset row) in memory."""
+        self.has_strong = any(s is not None for s in labels)
+        self.strong_classes = np.zeros(self.num_classes, dtype=bool)
+        if self.has_strong:
+            masks = [s.strong_classes for s in labels if s is not None]
+            self.strong_classes = np.logical_and.reduce(masks)
+            if any(not np.array_equal(m, masks[0]) for m in masks):
+                log.warning("the files' strong_classes differ: a class is strongly labelled only "
+                            "where every file labels it (%d classes)",
+                            int(self.strong_classes.sum()))  # fmt: skip
+        flags, counts, events = [], [], []
+        for i, (s, usable) in enumerate(zip(labels, rows, strict=True)):
+            if s is None:
+                flags.append(np.zeros(len(usable), dtype=bool))
+                counts.append(np.zeros(len(usable), dtype=np.int64))
+                continue
+            flags.append(s.strong[usable])
+            pos = np.searchsorted(usable, s.row)  # usable rows are sorted
+            kept = (pos < len(usable)) & (usable[np.minimum(pos, len(usable) - 1)] == s.row)
+            pos = pos[kept]  # events of skipped rows (empty names, other folds) are dropped
+            count = np.bincount(pos, minlength=len(usable))
+            depth = max_overlap(pos, s.onset[kept], s.offset[kept], len(usable))
+            room = count + depth if self.train else count  # a roll splits the events it cuts
+            if len(room) and room.max() > self.max_events:
+                j = int(room.argmax())
+                raise TooManyEventsError(
+                    f"{self.files[i]}: row {int(usable[j])} has {int(count[j])} events"
+                    + (f" (+{int(depth[j])} that a roll can split)" if self.train else "")
+                    + f", more than max_events={self.max_events}; raise max_events"
+                )
+            counts.append(count)
+            block = np.stack([s.onset[kept], s.offset[kept], s.label[kept]], axis=1)
+            events.append(block.astype(np.float32))  # sorted by row, as stored
+        self._strong = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+        self._ev_ptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
+        self._events = np.concatenate(events) if events else np.zeros((0, 3), dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -264,17 +323,36 @@ class AudioSetHDF5(Dataset):
         """Bool target row of usable row ``index`` (kept in memory, no file access)."""
         return np.unpackbits(self._targets[index], count=self.num_classes).view(np.bool_)
 
-    def __getitem__(self, index: int | EpochIndex) -> tuple[torch.Tensor, torch.Tensor]:
+    def events(self, index: int) -> np.ndarray:
+        """Stored events (E, 3) ``[onset_s, offset_s, class]`` of usable row ``index``."""
+        index %= len(self)
+        return self._events[self._ev_ptr[index] : self._ev_ptr[index + 1]]
+
+    def is_strong(self, index: int) -> bool:
+        """Whether usable row ``index`` is strongly labelled (its events are complete)."""
+        return bool(self._strong[index])
+
+    def __getitem__(self, index: int | EpochIndex) -> tuple[torch.Tensor, ...]:
         epoch = self.epoch
         if isinstance(index, EpochIndex):
             epoch, index = index
         raw, target = self.read_raw(index)
+        events = self.events(index) if self.has_strong else None
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, index % len(self)])
-            wave = self.augment(raw, rng)
+            if events is None:
+                wave = self.augment(raw, rng)
+            else:  # the same draws as __call__: the clip does not depend on strong labels
+                shift, rate, offset = self.augment.draw(rng)
+                wave = self.augment.apply(raw, shift, rate, offset)
+                events = move_events(events, shift, rate, offset, self.clip_samples, SAMPLE_RATE)
         else:
             wave = np.multiply(raw, INT16_SCALE)
-        return torch.from_numpy(wave), torch.from_numpy(target.astype(np.float32))
+        item = (torch.from_numpy(wave), torch.from_numpy(target.astype(np.float32)))
+        if events is None:
+            return item
+        padded = torch.from_numpy(pad_events(events, self.max_events))
+        return (*item, padded, torch.tensor(self.is_strong(index % len(self))))
 
     def audio_names(self) -> np.ndarray:
         """``audio_name`` (bytes) of every usable row, in dataset order."""
@@ -291,5 +369,6 @@ class AudioSetHDF5(Dataset):
     def __repr__(self) -> str:
         return (
             f"AudioSetHDF5(files={[str(p) for p in self.files]}, rows={len(self)}, "
-            f"skipped={self.num_skipped}, num_classes={self.num_classes}, train={self.train})"
+            f"skipped={self.num_skipped}, num_classes={self.num_classes}, train={self.train}, "
+            f"strong={int(self._strong.sum())})"
         )

@@ -12,6 +12,7 @@ class MultiLabelMixup:
     One ``lam ~ Beta(alpha, alpha)`` per batch and a random permutation as partner:
     ``x = lam * x + (1 - lam) * x[perm]``; targets are smoothed first, ``y * (1 - eps) + eps / C``,
     then mixed with the same ``lam``. Disabled -> inputs returned unchanged (no smoothing).
+    `mix_frames` mixes frame targets with the lam and pairs of the last call.
     Written here because timm's Mixup builds one-hot targets from class indices (single-label),
     while AudioSet targets are already multi-hot.
     """
@@ -49,3 +50,30 @@ class MultiLabelMixup:
         x = x * lam + x[perm] * (1 - lam)
         y = y * lam + y[perm] * (1 - lam)
         return x, y
+
+    def mix_frames(
+        self, frames: torch.Tensor, strong: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix frame targets (N, F, C) and strong flags (N,) with the last call's lam and pairs.
+
+        Frames are smoothed and mixed as the clip labels are; a mixed clip is strong when both
+        of its clips are (``strong & strong[perm]``). Disabled -> both returned unchanged.
+        """
+        if not self.enabled:
+            return frames, strong
+        if self.last_perm is None or self.last_lam is None:
+            raise RuntimeError("mix_frames follows a call that mixed the batch; none was made")
+        if frames.ndim != 3 or strong.shape != (frames.shape[0],):
+            raise ValueError(
+                f"expected frames (N, F, C) and strong (N,), found {tuple(frames.shape)} and "
+                f"{tuple(strong.shape)}"
+            )
+        if frames.shape[0] != len(self.last_perm):
+            raise ValueError(
+                f"frames hold {frames.shape[0]} clips, the last mixed batch {len(self.last_perm)}"
+            )
+        lam, eps = self.last_lam, self.label_smoothing
+        perm = self.last_perm.to(frames.device)
+        frames = frames.float() * (1 - eps) + eps / frames.shape[-1]
+        strong = strong.bool()
+        return frames * lam + frames[perm] * (1 - lam), strong & strong[perm.to(strong.device)]

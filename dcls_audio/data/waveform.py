@@ -153,10 +153,13 @@ class WaveformAugment:
 
     def __call__(self, raw: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Augment one int16 clip; returns a new float32 array of ``length`` samples."""
+        return self.apply(raw, *self.draw(rng))
+
+    def apply(self, raw: np.ndarray, shift: int, rate: float | None, offset: int) -> np.ndarray:
+        """Augment one int16 clip with a drawn (shift, rate, offset), as ``__call__`` does."""
         if raw.dtype != np.int16:
             raise TypeError(f"expected an int16 clip, found dtype {raw.dtype}")
         raw = pad_or_truncate(raw, self.length)
-        shift, rate, offset = self.draw(rng)
         out = np.empty(self.length, dtype=np.float32)
         if rate is None:
             return roll_to_float(raw, shift, out=out)
