@@ -11,8 +11,9 @@ Two ways to turn a window into scores over time (``mode``):
   and classifier: the timm ``forward_head`` on a 1x1 map), giving T sets of logits per window,
   each placed on the 1.28 s of audio its column's stride covers (128 log-mel frames, measured
   by :func:`feature_stride`; the window's last ``W - 1.28 T`` seconds are left to the windows
-  after it). One window alone thus gives a 1.28 s resolution; windows every ``hop`` seconds
-  refine it to ``hop``.
+  after it). A model trained from strong labels (``frames=strong``) has a frame head: its frames
+  (1.28 s / the head's upsampling) are used instead. One window alone thus gives a 1.28 s
+  resolution; windows every ``hop`` seconds refine it to ``hop``.
 - ``clip``: the window's clip-level score (the model as trained), placed on the whole window.
 
 Each output frame (``hop`` seconds, centres at ``(k + 0.5) * hop``) is the mean of the scores
@@ -32,6 +33,7 @@ from torch import nn
 
 from dcls_audio.data.stream import AudioReadError, stream_audio
 from dcls_audio.data.waveform import SAMPLE_RATE
+from dcls_audio.models.frames import feature_stride, has_frame_head
 from dcls_audio.tagger import Tagger
 
 MODES = ("frames", "clip")
@@ -57,22 +59,12 @@ def ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
-def feature_stride(model: nn.Module, n_mels: int = 128) -> int:
-    """Log-mel frames per column of the model's last feature map (128 for the zoo's models)."""
-    device = next(model.parameters()).device
-    widths = []
-    with torch.inference_mode():
-        for frames in (1024, 2048):
-            x = torch.zeros(1, 1, n_mels, frames, device=device)
-            widths.append(model.forward_features(x).shape[-1])
-    if widths[1] <= widths[0]:
-        raise ValueError(f"feature map width does not grow with the input ({widths})")
-    return round(1024 / (widths[1] - widths[0]))
-
-
 def frame_logits(model: nn.Module, logmel: torch.Tensor) -> torch.Tensor:
-    """Logits (N, T, classes) of each column of the last feature map (averaged over frequency)."""
+    """Frame logits (N, T, classes): the model's frame head when it has one (strong labels),
+    else each column of the last feature map (averaged over frequency) through the clip head."""
     feats = model.forward_features(logmel)  # (N, C, F, T)
+    if has_frame_head(model):
+        return model.frame_head(feats)
     n, c, _, t = feats.shape
     cols = feats.mean(2).permute(0, 2, 1).reshape(n * t, c, 1, 1)
     return model.forward_head(cols).reshape(n, t, -1)
@@ -170,8 +162,10 @@ class WindowScorer:
         self.tagger, self.mode = tagger, mode
         self.window = tagger.window_samples  # the model's layout: load_tagger's channels_last
         self.stride = 0
-        if mode == "frames":
-            self.stride = feature_stride(tagger.model) * STFT_HOP  # samples per feature column
+        if mode == "frames":  # samples per frame: a feature column, or a frame head's frame
+            self.stride = feature_stride(tagger.model) * STFT_HOP
+            if has_frame_head(tagger.model):
+                self.stride //= tagger.model.frame_head.upsample
 
     @torch.inference_mode()
     def __call__(self, windows: torch.Tensor) -> list[list[tuple[int, int, np.ndarray]]]:

@@ -16,6 +16,7 @@ import timm
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .frames import add_frame_head
 from .pretrained import INIT_MODES, init_from_checkpoint
 from .stem import replace_stem
 
@@ -56,7 +57,10 @@ MODEL_KEYS = (
     "in_chans",
     "stem_kernel",
     "timm_kwargs",
+    "frame_head",
 )
+# keys a model config may leave out (configs of runs made before they existed)
+MODEL_DEFAULTS = {"frame_head": None}
 CONV_KEYS = {
     "dsc": ("name", "type", "kernel_size"),
     "dcls": (
@@ -90,16 +94,22 @@ def list_models() -> list[str]:
     return list(MODEL_NAMES)
 
 
-def _plain(cfg: Any, what: str, keys: Sequence[str], ignored: Sequence[str] = ()) -> dict[str, Any]:
+def _plain(
+    cfg: Any,
+    what: str,
+    keys: Sequence[str],
+    ignored: Sequence[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Config (DictConfig or mapping) -> plain dict with exactly ``keys``; else a named error.
 
-    Keys in ``ignored`` may be present and are dropped.
+    Keys in ``ignored`` may be present and are dropped; ``defaults`` fill keys left out.
     """
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(cfg, Mapping):
         raise TypeError(f"{what} config must be a mapping, got {type(cfg).__name__}")
-    cfg = {k: v for k, v in cfg.items() if k not in ignored}
+    cfg = {**(defaults or {}), **{k: v for k, v in cfg.items() if k not in ignored}}
     missing = [k for k in keys if k not in cfg]
     unknown = sorted(set(cfg) - set(keys))
     if missing or unknown:
@@ -123,14 +133,15 @@ def build_model(model_cfg: Any, conv_cfg: Any) -> nn.Module:
 
     ``model_cfg`` keys: name, timm_name, num_classes, drop_path_rate, pretrained, init
     (none|imagenet|finetune, see :mod:`.pretrained`), in_chans, stem_kernel, timm_kwargs (extra
-    keyword arguments of the timm constructor, e.g. ``ls_init_value`` of ConvNeXt).
+    keyword arguments of the timm constructor, e.g. ``ls_init_value`` of ConvNeXt), frame_head
+    (null, or the time upsampling of a frame-level head: :mod:`.frames`).
     ``conv_cfg`` keys: name, type (dsc|dcls), kernel_size, dilated_kernel_size, kernel_count,
     version (gauss|bilinear), share_positions, position_init (normal|uniform) (the DCLS keys
     only for type dcls).
     The returned model carries ``build_info`` (dict: name, conv, swapped layer names, init,
     the LoadReport of ``model.pretrained`` or None).
     """
-    mcfg = _plain(model_cfg, "model", MODEL_KEYS)
+    mcfg = _plain(model_cfg, "model", MODEL_KEYS, defaults=MODEL_DEFAULTS)
     conv_type = conv_cfg.get("type") if isinstance(conv_cfg, Mapping) else None
     if conv_type not in CONV_KEYS:
         raise ValueError(f"conv.type={conv_type!r}; expected one of {list(CONV_KEYS)}")
@@ -179,6 +190,8 @@ def build_model(model_cfg: Any, conv_cfg: Any) -> nn.Module:
     swapped: list[str] = []
     if ccfg["type"] == "dcls":
         swapped = _swap_convs(model, ccfg)
+    if mcfg["frame_head"] is not None:  # strong labels: frame logits beside the clip's
+        add_frame_head(model, mcfg["frame_head"])
     # weights load into the finished model, so DCLS checkpoints load their P, SIG and weights
     report = init_from_checkpoint(model, pretrained, init) if init != "none" else None
     model.build_info = {

@@ -188,12 +188,20 @@ class StepLog:
         self.epoch, self.epoch_steps, self.epoch_start_step = epoch, 0, step
         self.epoch_loss = torch.zeros((), device=self.device)
         self.window_loss = torch.zeros((), device=self.device)
+        self.window_terms: dict[str, torch.Tensor] = {}
         self.window_steps = 0
         self.epoch_start = self.window_start = time.perf_counter()
 
-    def __call__(self, step: int, loss: torch.Tensor) -> None:
-        """Account one optimizer step; write a line every ``every`` steps and at the end."""
+    def __call__(
+        self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Account one optimizer step; write a line every ``every`` steps and at the end.
+
+        ``terms``: named parts of the loss (the frame loss), logged as their window means.
+        """
         self.window_loss += loss
+        for name, value in (terms or {}).items():
+            self.window_terms[name] = self.window_terms.get(name, 0.0) + value
         self.window_steps += 1
         self.epoch_steps += 1
         if self.window_steps == self.every or step == self.total_steps:
@@ -224,6 +232,9 @@ class StepLog:
             self.epoch, self.epochs, step, self.total_steps, loss, lr, rate, eta
         )
         entry = {"epoch": self.epoch, "loss": loss, "lr": lr, "samples_per_s": rate}
+        for name, value in sorted(self.window_terms.items()):  # the same names on every rank
+            entry[name] = all_reduce_mean(float(value) / self.window_steps, self.device)
+        self.window_terms = {}
         self.logger.record("train", entry, step=step)
         self.epoch_loss += self.window_loss
         self.window_loss = torch.zeros((), device=self.device)

@@ -28,6 +28,7 @@ from dcls_audio.train.distributed import (
     sync_buffers,
 )
 from dcls_audio.train.evaluate import EvaluationStopped, predict
+from dcls_audio.train.frames import emit_frames
 from dcls_audio.train.parts import Plan, Recipe, RunIO, Trainee, autocast, seed_epoch
 from dcls_audio.train.preempt import batches
 from dcls_audio.workers import worker_died
@@ -58,20 +59,22 @@ def train_epoch(
     step: int,
     n_steps: int,
     generators: tuple[torch.Generator, torch.Generator],
-    on_step: Callable[[int, torch.Tensor], None],
+    on_step: Callable[..., None],
     stop: Callable[[], bool],
     stopping: Callable[[], bool],
 ) -> int:
     """Run up to ``n_steps`` optimizer steps of ``epoch`` from step ``step``; return the step.
 
-    ``generators`` draw (mixup, random erasing); ``on_step(step, loss)`` receives each step's
-    loss (a device tensor, not synchronised). A step starts once its batches are in hand and
-    ``stop()`` (all ranks agree) is false; ``stopping()`` says whether this process has a stop
-    signal, before any rank has acted on it. The loader's sampler carries the epoch.
+    ``generators`` draw (mixup, random erasing); ``on_step(step, loss, terms)`` receives each
+    step's loss (a device tensor, not synchronised) and its named parts (the frame loss). A step
+    starts once its batches are in hand and ``stop()`` (all ranks agree) is false;
+    ``stopping()`` says whether this process has a stop signal, before any rank has acted on
+    it. The loader's sampler carries the epoch.
     """
     model, r, device = trainee.model, recipe, recipe.device
     model.train()
     r.frontend.train()
+    emit_frames(model, r.frames is not None)
     mix_gen, erase_gen = generators
     # its workers end with the epoch, or with the run when persistent; none start on a stop
     with batches(() if stopping() else loader) as loader_batches:
@@ -81,7 +84,9 @@ def train_epoch(
                 break
             assert micro_batches is not None  # a stop signal here is a stop on every rank
             step_loss = torch.zeros((), device=device)
-            for micro, (waveform, target, *index) in enumerate(micro_batches):
+            terms = {"frame_loss": torch.zeros((), device=device)} if r.frames else {}
+            for micro, (waveform, target, *rest) in enumerate(micro_batches):
+                events, strong, *index = rest if r.strong_items else (None, None, *rest)
                 waveform = waveform.to(device, non_blocking=True)  # index: stored teacher logits
                 target = target.to(device, non_blocking=True)
                 with torch.no_grad():
@@ -94,9 +99,15 @@ def train_epoch(
                 with maybe_no_sync(trainee.ddp_model, sync=micro == r.accum_steps - 1):
                     with autocast(device, r.amp):
                         logits = trainee.ddp_model(mixed)
+                    if r.frames is not None:  # (clip, frame) logits
+                        logits, frame_logits = logits
                     loss = r.task.criterion(logits.float(), target.float())
                     if r.teacher is not None:
                         loss = r.teacher.loss(loss, logits.float(), soft)
+                    if r.frames is not None:
+                        frame_loss = r.frames(frame_logits.float(), events, strong, r.mixup)
+                        loss = loss + r.frames.weight * frame_loss
+                        terms["frame_loss"] += frame_loss.detach() / r.accum_steps
                     (loss / r.accum_steps).backward()
                 step_loss += loss.detach() / r.accum_steps
             r.optimizer.step()
@@ -107,7 +118,7 @@ def train_epoch(
             if trainee.ema is not None:
                 trainee.ema.update(model, step=step)
             r.scheduler.step_update(num_updates=step)
-            on_step(step, step_loss)
+            on_step(step, step_loss, terms)
     return step
 
 
@@ -127,6 +138,7 @@ def evaluate(
     task = recipe.task
     metrics: dict[str, Any] | None = None
     amp_dtype = torch.bfloat16 if recipe.amp else None
+    emit_frames(trainee.model, False)  # clip logits (the EMA copy never emits)
     for weights, suffix in zip(trainee.weights(), ("", "_ema"), strict=False):
         scores, targets = predict(
             weights, recipe.frontend, loader, recipe.device, amp_dtype=amp_dtype,
@@ -200,8 +212,8 @@ def fit(
     def save(best: dict[str, Any] | None, generators: Any = None) -> None:
         save_checkpoint(trainee, recipe, plan, io, state, best, generators)
 
-    def step_hook(step: int, loss: torch.Tensor) -> None:
-        io.step_log(step, loss)
+    def step_hook(step: int, loss: torch.Tensor, terms: dict | None = None) -> None:
+        io.step_log(step, loss, terms)
         if io.on_step is not None:
             io.on_step(step)
 

@@ -28,6 +28,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from dcls_audio.train.distill import Teacher
+from dcls_audio.train.frames import FrameLoss
 from dcls_audio.train.log import RunLogger, StepLog
 from dcls_audio.train.preempt import StopSignal
 from dcls_audio.train.tasks import Task
@@ -137,6 +138,8 @@ class Recipe:
     device: torch.device
     teacher: Teacher | None = None  # distillation: soft targets mixed into the loss
     channels_last: bool = False  # input batches in channels_last, as the model (trainer.*)
+    frames: FrameLoss | None = None  # strong labels: the frame term of the loss (frames=strong)
+    strong_items: bool = False  # batches carry (events, strong) after the clip labels
 
 
 @dataclass(frozen=True)

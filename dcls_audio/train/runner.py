@@ -120,6 +120,7 @@ def _train(
     )
     from dcls_audio.train.distill import DistillConfig, build_teacher, results_entry
     from dcls_audio.train.finetune import build_run_optimizer, freeze_backbone, init_report
+    from dcls_audio.train.frames import build_frame_loss
     from dcls_audio.train.loaders import batch_augment, build_loaders, clip_samples, resolve_classes
     from dcls_audio.train.tasks import build_task, summary_line, write_confusion
 
@@ -171,6 +172,7 @@ def _train(
     task = build_task(cfg.data.task, float(cfg.augment.label_smoothing), mixup)
     num_classes = int(cfg.data.num_classes)
     teacher = build_teacher(distill, task.name, num_classes, device, loaders.train.dataset)
+    frame_loss = build_frame_loss(cfg.frames, model, loaders.train.dataset, device, files[0])
 
     wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True)
     logger = RunLogger(out, active=main, wandb_cfg=wandb_cfg, config=config)
@@ -226,7 +228,8 @@ def _train(
     recipe = Recipe(
         frontend=frontend, mixup=mixup, task=task, optimizer=optimizer, scheduler=scheduler,
         accum_steps=accum, clamp_positions=bool(tr.clamp_positions), amp=amp, device=device,
-        teacher=teacher, channels_last=layout,
+        teacher=teacher, channels_last=layout, frames=frame_loss,
+        strong_items=bool(getattr(loaders.train.dataset, "has_strong", False)),
     )  # fmt: skip
     plan = Plan(
         epochs=epochs, steps_per_epoch=steps_per_epoch, total_steps=total_steps,

@@ -1,0 +1,88 @@
+"""A frame-level head on a zoo model's pre-pooling time axis, for training from strong labels.
+
+The last feature map of every zoo model is (N, C, F, T): F frequency rows and T time columns,
+each column covering `feature_stride` log-mel frames (128 = 1.28 s for the three paper models,
+their time axis downsampled by 16 in the stem and 8 in the stages). ConvNeXt crops its input at
+the end (a 10-s clip gives 7 columns, 8.96 s); ConvFormer and FastViT pad it (8 columns,
+10.24 s). 1.28 s is coarser than the 1-s segments events are scored on, so the head upsamples
+the time axis ``upsample`` times (linear interpolation of the features) before its classifier:
+frame k covers ``[k, k + 1) * stride / upsample`` log-mel frames. timm has no such head (its
+heads pool first); this one is LayerNorm + Linear per frame, as ConvNeXt's own head per clip.
+
+`add_frame_head` attaches it as ``model.frame_head`` (its weights are saved with the model's)
+and makes ``model(x)`` return ``(clip logits, frame logits (N, T * upsample, classes))`` while
+``model.frame_head.emit`` is true (training); false, ``model(x)`` is the clip logits as before.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+STFT_HOP_S = 320 / 32000  # seconds per log-mel frame
+
+
+class FrameHead(nn.Module):
+    """Frame logits from a (N, C, F, T) feature map: frequency mean, time upsampling, norm, fc."""
+
+    def __init__(self, in_chs: int, num_classes: int, upsample: int = 1) -> None:
+        super().__init__()
+        if isinstance(upsample, bool) or not isinstance(upsample, int) or upsample < 1:
+            raise ValueError(f"model.frame_head={upsample!r}: expected null or an integer >= 1")
+        self.upsample = upsample
+        self.norm = nn.LayerNorm(in_chs)
+        self.fc = nn.Linear(in_chs, num_classes)
+        self.emit = False  # model(x) returns (clip, frames) while true
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """(N, C, F, T) features -> (N, T * upsample, classes) logits."""
+        x = feats.mean(2)  # (N, C, T)
+        if self.upsample > 1:
+            x = F.interpolate(x, scale_factor=self.upsample, mode="linear", align_corners=False)
+        return self.fc(self.norm(x.transpose(1, 2)))
+
+    def extra_repr(self) -> str:
+        """The time upsampling, in the module's repr."""
+        return f"upsample={self.upsample}"
+
+
+def _forward_with_frames(self: nn.Module, x: torch.Tensor):
+    """timm's forward (features, then the clip head), plus the frame head while it emits."""
+    feats = self.forward_features(x)
+    clip = self.forward_head(feats)
+    if not self.frame_head.emit:
+        return clip
+    return clip, self.frame_head(feats)
+
+
+def add_frame_head(model: nn.Module, upsample: int) -> nn.Module:
+    """Attach a `FrameHead` to a timm model (``model.num_features`` wide) and route forward."""
+    model.frame_head = FrameHead(int(model.num_features), int(model.num_classes), upsample)
+    model.forward = types.MethodType(_forward_with_frames, model)
+    return model
+
+
+def has_frame_head(model: nn.Module) -> bool:
+    """True when ``model`` (not a wrapper) carries a `FrameHead`."""
+    return isinstance(getattr(model, "frame_head", None), FrameHead)
+
+
+def feature_stride(model: nn.Module, n_mels: int = 128) -> int:
+    """Log-mel frames per column of the model's last feature map (128 for the zoo's models)."""
+    device = next(model.parameters()).device
+    widths = []
+    with torch.inference_mode():
+        for frames in (1024, 2048):
+            x = torch.zeros(1, 1, n_mels, frames, device=device)
+            widths.append(model.forward_features(x).shape[-1])
+    if widths[1] <= widths[0]:
+        raise ValueError(f"feature map width does not grow with the input ({widths})")
+    return round(1024 / (widths[1] - widths[0]))
+
+
+def frame_seconds(model: nn.Module) -> float:
+    """Seconds of audio per output frame of the model's frame head."""
+    return feature_stride(model) * STFT_HOP_S / model.frame_head.upsample

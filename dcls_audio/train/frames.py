@@ -1,0 +1,98 @@
+"""Training from strong labels: the frame loss, and frame scores for the event metrics.
+
+``frames=strong`` gives the model a frame head (`dcls_audio.models.frames`) and adds
+``frames.weight`` x the frame loss to the clip loss. The loader yields each clip's events moved
+by its augmentation; here they become frame targets at the head's frame rate (frame k covers
+``[k, k + 1) * frame_s`` seconds of the clip, the span of the model's columns, which may end
+before the clip (ConvNeXt crops) or after it (padding)), mixed with the clip labels' pairs and
+weight, and the loss is the binary cross-entropy over the frames of the strongly labelled clips
+(a mixed clip is strong only when both of its clips are) and the classes their vocabulary labels.
+Weak-only clips contribute the clip loss only; the head still runs on every batch (a zero frame
+loss keeps its weights in the graph, so DDP never meets an unused parameter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcls_audio.models.frames import FrameHead, frame_seconds, has_frame_head
+
+
+@dataclass
+class FrameLoss:
+    """The frame term of the loss: its weight, the head's frame length, the class mask."""
+
+    weight: float
+    frame_s: float  # seconds per output frame
+    class_mask: torch.Tensor  # (C,) bool: classes the strong vocabulary labels
+
+    def targets(self, events: torch.Tensor, num_frames: int, num_classes: int) -> torch.Tensor:
+        """(N, num_frames, C) frame targets of the padded events (N, E, 3)."""
+        from dcls_audio.data.strong import frame_targets
+
+        return frame_targets(events, num_frames, num_frames * self.frame_s, num_classes)
+
+    def __call__(
+        self, frame_logits: torch.Tensor, events: torch.Tensor, strong: torch.Tensor, mixup: Any
+    ) -> torch.Tensor:
+        """Masked mean BCE of (N, F, C) logits against the events' targets, mixed as the labels."""
+        n, num_frames, num_classes = frame_logits.shape
+        target = self.targets(events.to(frame_logits.device), num_frames, num_classes)
+        target, strong = mixup.mix_frames(target, strong.to(frame_logits.device))
+        mask = strong.view(n, 1, 1) & self.class_mask.view(1, 1, -1)
+        bce = F.binary_cross_entropy_with_logits(frame_logits, target, reduction="none")
+        mask = mask.expand_as(bce).float()
+        return (bce * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def build_frame_loss(
+    frames_cfg: Any, model: nn.Module, train_dataset: Any, device: torch.device, files: list[str]
+) -> FrameLoss | None:
+    """The run's `FrameLoss` (None without a frame head); errors name the keys to change."""
+    weight = float(frames_cfg.weight)
+    head = has_frame_head(model)
+    if not head and weight == 0.0:
+        return None
+    if not head:
+        raise ValueError(
+            f"frames.weight={weight} needs a frame head: train with frames=strong (or set "
+            "model.frame_head=K, the time upsampling of the head)"
+        )
+    if weight <= 0.0:
+        raise ValueError(
+            "model.frame_head is set but frames.weight=0: the head would train on nothing; use "
+            "frames=strong (weight 1.0) or set frames.weight > 0, or model.frame_head=null"
+        )
+    if not getattr(train_dataset, "has_strong", False):
+        raise ValueError(
+            f"frames=strong needs strong labels in data.train_files, and {files} have none: "
+            "pack them with `dcls-audio-pack custom --events FILE.tsv` or `dcls-audio-pack "
+            "audioset --strong FILE.tsv` (docs/strong_labels.md)"
+        )
+    mask = torch.as_tensor(np.asarray(train_dataset.strong_classes, dtype=bool), device=device)
+    return FrameLoss(weight=weight, frame_s=frame_seconds(model), class_mask=mask)
+
+
+def emit_frames(model: nn.Module, on: bool) -> None:
+    """Make ``model(x)`` return (clip, frame) logits (``on``) or the clip logits alone."""
+    head = getattr(model, "frame_head", None)
+    if isinstance(head, FrameHead):
+        head.emit = bool(on)
+
+
+def clip_frames(frame_probs: np.ndarray, frame_s: float, clip_seconds: float, rate: int = 10):
+    """Frame scores (N, F, C) over ``[0, F * frame_s)`` resampled to ``rate`` frames/s of the clip.
+
+    Each output frame takes the score of the model frame covering its centre; past the head's
+    span (ConvNeXt ends 1.04 s before a 10-s clip) the last frame's score is repeated.
+    """
+    n_out = int(round(clip_seconds * rate))
+    centres = (np.arange(n_out) + 0.5) / rate
+    src = np.minimum((centres / frame_s).astype(np.int64), frame_probs.shape[1] - 1)
+    return frame_probs[:, src]
