@@ -165,15 +165,15 @@ def predict(
                 if stop is not None and stop():
                     stopped = True
                     break
-                if not isinstance(batch, (list, tuple)) or len(batch) not in (2, 3):
+                if not isinstance(batch, (list, tuple)) or len(batch) not in (2, 3, 4, 5):
                     raise ValueError(
-                        "predict: each batch must be (waveform, target) or "
-                        f"(waveform, target, index), got {type(batch).__name__}"
+                        "predict: each batch must be (waveform, target[, events, strong]"
+                        f"[, index]), got {type(batch).__name__}"
                     )
                 x, y = batch[0], batch[1]
                 n = x.shape[0]
-                if len(batch) == 3:
-                    idx = torch.as_tensor(batch[2]).reshape(-1).cpu().numpy().astype(np.int64)
+                if len(batch) in (3, 5):  # the index comes last, after any strong labels
+                    idx = torch.as_tensor(batch[-1]).reshape(-1).cpu().numpy().astype(np.int64)
                 else:
                     if sampler_indices is None:
                         sampler_indices = _sampler_indices(loader)

@@ -96,3 +96,67 @@ def clip_frames(frame_probs: np.ndarray, frame_s: float, clip_seconds: float, ra
     centres = (np.arange(n_out) + 0.5) / rate
     src = np.minimum((centres / frame_s).astype(np.int64), frame_probs.shape[1] - 1)
     return frame_probs[:, src]
+
+
+def event_scores(
+    model: nn.Module,
+    frontend: nn.Module,
+    loader: Any,
+    device: torch.device,
+    frame_loss: FrameLoss,
+    clip_seconds: float,
+    main: bool,
+    amp: bool = False,
+) -> dict[str, Any] | None:
+    """Event metrics of the frame head over the strongly labelled clips of ``loader``.
+
+    Every rank scores its shard and takes part in the gather; the main rank gets the metrics of
+    `dcls_audio.train.event_metrics.event_metrics` (segment F1 at 0.5 and segment AP over 1-s
+    segments), the others None. Scores are reduced to segments batch by batch (the max over the
+    frames overlapping each), so memory holds (clips, segments, classes).
+    """
+    from dcls_audio.train.distributed import all_gather_object
+    from dcls_audio.train.event_metrics import event_metrics, segment_max
+    from dcls_audio.train.preempt import batches
+
+    segments, rows = [], []
+    model.eval()
+    frontend.eval()
+    emit_frames(model, True)
+    try:
+        with torch.inference_mode(), batches(loader) as it:
+            for waveform, _, events, strong in it:
+                keep = strong.bool()
+                if not bool(keep.any()):
+                    continue
+                x = frontend(waveform[keep].to(device, non_blocking=True))
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    _, frames = model(x)
+                probs = frames.float().sigmoid().cpu().numpy()
+                dense = clip_frames(probs, frame_loss.frame_s, clip_seconds)
+                segments.append(segment_max(dense, clip_seconds).astype(np.float32))
+                rows.append(events[keep].numpy())
+    finally:
+        emit_frames(model, False)
+    gathered = all_gather_object((segments, rows))
+    if not main:
+        return None
+    segments = [s for part, _ in gathered for s in part]
+    rows = [r for _, part in gathered for r in part]
+    if not segments:  # no strongly labelled clip to score
+        return {"event_clips": 0}
+    scores, events = np.concatenate(segments), np.concatenate(rows)
+    strong = np.ones(len(scores), dtype=bool)
+    mask = frame_loss.class_mask.cpu().numpy()
+    return event_metrics(scores, events, strong, clip_seconds, class_mask=mask)
+
+
+def event_line(metrics: dict[str, Any]) -> str:
+    """Console line of the event metrics."""
+    if not metrics.get("event_clips"):
+        return "events: no strongly labelled evaluation clip"
+    return (
+        f"events ({metrics['event_clips']} strong clips, 1-s segments): segment F1 "
+        f"{metrics['segment_f1']:.4f} at {metrics['segment_threshold']:g}, segment AP "
+        f"{metrics['segment_ap']:.4f}"
+    )

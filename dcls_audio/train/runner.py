@@ -110,6 +110,7 @@ def _train(
     on_step: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     """Body of `run` inside the process group: build, resume, fit, write results.json."""
+    from dcls_audio.data.waveform import SAMPLE_RATE
     from dcls_audio.models import build_model
     from dcls_audio.train.accel import (
         check_compile,
@@ -120,7 +121,7 @@ def _train(
     )
     from dcls_audio.train.distill import DistillConfig, build_teacher, results_entry
     from dcls_audio.train.finetune import build_run_optimizer, freeze_backbone, init_report
-    from dcls_audio.train.frames import build_frame_loss
+    from dcls_audio.train.frames import build_frame_loss, event_line, event_scores
     from dcls_audio.train.loaders import batch_augment, build_loaders, clip_samples, resolve_classes
     from dcls_audio.train.tasks import build_task, summary_line, write_confusion
 
@@ -242,6 +243,13 @@ def _train(
     try:
         with stop:
             metrics = fit(trainee, recipe, loaders, plan, io, state, epoch_rng)
+        eval_set = getattr(loaders.eval.dataset, "dataset", loaders.eval.dataset)  # a Subset's
+        if frame_loss is not None and getattr(eval_set, "has_strong", False):
+            found = event_scores(model, frontend, loaders.eval, device, frame_loss,
+                                 clip_samples(cfg.data) / SAMPLE_RATE, main, amp)  # fmt: skip
+            if main:
+                metrics = {**metrics, **found}
+                logger.print(event_line(found))
         if main:
             doc = results_io.build_results(
                 metrics, params=params, seed=seed, config=config,
