@@ -8,6 +8,15 @@ Inputs (``dcls-audio-pack custom``):
   one or more labels separated by ``;``, each a class name or a class index.
 - without ``--csv``: the folder-per-class tree ``DIR/<class>/<file>`` (sub-folders of a class
   folder are searched too; no folds).
+- ``--events FILE.tsv``: a DCASE event table (``filename onset offset event_label``, tab-separated,
+  filenames relative to ``--audio-dir``; a row with empty onset, offset and label lists a file
+  without events). Its files are strongly labelled (complete events; a file without events is
+  all-negative) and their targets hold their events' classes. Without ``--csv`` the table's
+  files are the files packed; with ``--csv`` the CSV's are, its labels joined by the events',
+  and CSV files the table does not list stay weak-only. Every class can be labelled by the table
+  (``strong_classes`` all True). Event labels outside a given class list are counted in the
+  report, not errors; bad times and files missing from the folder or the CSV are errors naming
+  the table line (`dcls_audio.datasets.strong_tables`).
 
 The class list comes from ``--classes FILE.csv`` (``index,mid,display_name``; a label matches a
 mid, then a display name, then an index) when given, and a label not in it is an error naming
@@ -18,7 +27,8 @@ Output layout (the PANNs layout plus what makes the file describe itself): ``aud
 (fixed-length bytes, the file's path relative to the audio folder), ``waveform`` int16
 (N, clip samples) at 32 kHz, ``target`` bool (N, C), ``fold`` int16 (N,) when the CSV has
 folds, ``class_mids`` and ``class_names`` (UTF-8 strings, C), attributes ``sample_rate`` and
-``clip_seconds``. The class list is also written beside the file as ``<out stem>.classes.csv``.
+``clip_seconds``; with ``--events`` the strong-label keys of `dcls_audio.data.strong`. The class
+list is also written beside the file as ``<out stem>.classes.csv``.
 Files that are missing, unreadable or unlabelled are listed in ``<out>.report.json`` and never
 written. Rows go to ``<out>.partial`` first (resumable: a rerun continues with the files not
 written yet) and the file is renamed to ``<out>`` only when complete.
@@ -37,11 +47,19 @@ import numpy as np
 from tqdm import tqdm
 
 from dcls_audio.data.labels import ClassIndex, read_class_index, write_class_index
+from dcls_audio.data.strong import write_strong
 from dcls_audio.data.waveform import SAMPLE_RATE
 from dcls_audio.runfiles import write_json
 from dcls_audio.workers import loader_worker_init, stop_safe_context
 
 from .common import AUDIO_SUFFIXES, append_row, load_task
+from .strong_tables import (
+    EventTable,
+    checked_events,
+    read_dcase_table,
+    require_listed,
+    strong_labels,
+)
 
 log = logging.getLogger(__name__)
 STR = h5py.string_dtype("utf-8")
@@ -132,20 +150,30 @@ def class_list(items: list[Item], classes_csv: str | os.PathLike | None) -> Clas
     return ClassIndex(mids=list(found), names=list(found))
 
 
-def label_indices(items: list[Item], classes: ClassIndex, strict: bool) -> list[tuple[int, ...]]:
-    """Column indices of every item's labels; ``strict``: an unknown label is an error."""
+def label_lookup(classes: ClassIndex, labels: set[str]) -> dict[str, int]:
+    """Column of each of ``labels`` that names a class: by mid, display name, then index."""
     by_mid = classes.mid_to_index()
     by_name = {n: i for i, n in reversed(list(enumerate(classes.names)))}
+    out = {}
+    for label in labels:
+        if label in by_mid:
+            out[label] = by_mid[label]
+        elif label in by_name:
+            out[label] = by_name[label]
+        elif label.isdigit() and int(label) < len(classes.mids):
+            out[label] = int(label)
+    return out
+
+
+def label_indices(items: list[Item], classes: ClassIndex, strict: bool) -> list[tuple[int, ...]]:
+    """Column indices of every item's labels; ``strict``: an unknown label is an error."""
+    lookup = label_lookup(classes, {label for it in items for label in it.labels})
     out = []
     for it in items:
         cols = set()
         for label in it.labels:
-            if label in by_mid:
-                cols.add(by_mid[label])
-            elif label in by_name:
-                cols.add(by_name[label])
-            elif label.isdigit() and int(label) < len(classes.mids):
-                cols.add(int(label))
+            if label in lookup:
+                cols.add(lookup[label])
             elif strict:
                 raise ValueError(
                     f"{it.where}: file {it.name}: label {label!r} is not in the class list "
@@ -153,6 +181,14 @@ def label_indices(items: list[Item], classes: ClassIndex, strict: bool) -> list[
                 )
         out.append(tuple(sorted(cols)))
     return out
+
+
+def event_labels(table: EventTable) -> dict[str, tuple[str, ...]]:
+    """Each listed file's distinct event labels, in table order."""
+    labels: dict[str, dict[str, None]] = {k: {} for k in table.listed}
+    for e in table.events:
+        labels[e.key][e.label] = None
+    return {k: tuple(v) for k, v in labels.items()}
 
 
 def classes_csv_path(out: Path) -> Path:
@@ -208,6 +244,7 @@ def pack_custom(
     clip_seconds: float = 10.0,
     workers: int = 1,
     progress: bool = True,
+    events_tsv: str | os.PathLike | None = None,
 ) -> dict:
     """Pack the labelled files under ``audio_dir`` into ``out`` (see the module doc)."""
     audio_dir, out = Path(audio_dir), Path(out)
@@ -216,12 +253,28 @@ def pack_custom(
     clip_samples = round(float(clip_seconds) * SAMPLE_RATE)
     if clip_samples <= 0:
         raise ValueError(f"--clip-seconds must be > 0, got {clip_seconds}")
+    table = read_dcase_table(events_tsv) if events_tsv is not None else None
     if labels_csv is not None:
         items, folds = read_label_csv(labels_csv)
-    else:
+    elif table is None:
         items, folds = scan_class_folders(audio_dir), False
-    classes = class_list(items, classes_csv)
+    else:  # the table's files
+        items, folds = [Item(k, (), None, w) for k, w in table.listed.items()], False
+    by_file: dict[str, tuple[str, ...]] = {}
+    if table is not None:  # event times and files are checked before any audio is decoded
+        events = checked_events(table, clip_samples / SAMPLE_RATE)
+        require_listed(table, {it.name for it in items}, "the labels CSV")
+        on_disk = {k for k in table.listed if (audio_dir / k).is_file()}
+        require_listed(table, on_disk, f"the audio folder {audio_dir}")
+        by_file = event_labels(table)
+    classes = class_list(items + [Item(k, v, None, "") for k, v in by_file.items()], classes_csv)
     targets = label_indices(items, classes, strict=classes_csv is not None)
+    lookup = label_lookup(classes, {e.label for e in events}) if table is not None else {}
+    if by_file:  # an event's class is in its file's target; unknown event labels are counted
+        targets = [
+            tuple(sorted(set(t) | {lookup[x] for x in by_file.get(it.name, ()) if x in lookup}))
+            for t, it in zip(targets, items, strict=True)
+        ]
     report: dict = {
         "files": len(items),
         "written": 0,
@@ -233,7 +286,7 @@ def pack_custom(
     }
     todo_all = []
     for i, it in enumerate(items):
-        if not targets[i]:
+        if not targets[i] and (table is None or it.name not in table.listed):
             report["unlabelled"].append(it.name)
         elif not (audio_dir / it.name).is_file():
             report["missing"].append(it.name)
@@ -267,6 +320,14 @@ def pack_custom(
             values, counts = np.unique(f["fold"][()], return_counts=True)
             report["folds"] = {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
         f.attrs["rows_done"] = report["written"]
+        if table is not None and report["written"]:
+            row_of = {n.decode(): r for r, n in enumerate(f["audio_name"][()])}
+            labels, info = strong_labels(
+                events, list(table.listed), row_of, report["written"], lookup,
+                np.ones(len(classes.mids), dtype=bool),
+            )  # fmt: skip
+            report["strong"] = {"table": str(table.path), **info}
+            write_strong(f, labels)
     finally:
         f.close()
     if report["written"] == 0:
@@ -275,6 +336,13 @@ def pack_custom(
     write_class_index(classes_csv_path(out), classes.mids, classes.names)
     write_json(out.with_name(out.name + ".report.json"), report)
     partial.replace(out)
+    if "strong" in report:
+        st = report["strong"]
+        log.info(
+            "%s: %d strongly labelled rows, %d events (%d merged away); %d events of %d labels "
+            "outside the class list", out, st["strong_rows"], st["events"], st["merged"],
+            st["unknown_label_events"], len(st["unknown_labels"]),
+        )  # fmt: skip
     log.info(
         "%s: %d clips written; %d missing, %d unreadable, %d unlabelled (listed in %s)",
         out, report["written"], len(report["missing"]), len(report["unreadable"]),
