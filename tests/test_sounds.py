@@ -14,6 +14,8 @@ from dcls_audio.datasets.sounds import (
     CLASS_MIDS,
     CLASS_NAMES,
     NUM_CLASSES,
+    background,
+    compose_clip,
     draw_events,
     main,
     make_clip,
@@ -116,6 +118,52 @@ def test_make_clip_interface():
     np.testing.assert_array_equal(y, y2)
 
 
+def test_written_events_are_the_clips_sources(demo):
+    out, _ = demo
+    with h5py.File(out / "eval.h5") as f:
+        assert f["strong"][()].all() and f["strong_classes"][()].all()
+        g = f["events"]
+        row, onset, offset, label = (g[k][()] for k in ("row", "onset", "offset", "label"))
+        tgt = f["target"][()]
+    assert np.all(np.diff(row) >= 0) and np.all(offset > onset) and offset.max() <= CLIP
+    for i in range(N_EVAL):
+        mine = row == i
+        assert set(label[mine].tolist()) == set(np.flatnonzero(tgt[i]).tolist())
+        rng = np.random.default_rng([0, 1, i])  # seed 0, split 1 (eval), clip i
+        _, _, events = compose_clip(rng, int(CLIP * SR))
+        np.testing.assert_allclose(events, np.stack([onset, offset, label], 1)[mine], atol=1e-6)
+
+
+def test_events_are_where_the_sources_sound():
+    n, outside = 10 * SR, 0
+    for seed in range(6):
+        x, _, events = compose_clip(np.random.default_rng(seed), n)
+        rng = np.random.default_rng(seed)
+        draw_events(rng, n)
+        bg = background(rng, n)  # the same draws as the clip's background
+        inside = np.zeros(n, dtype=bool)
+        for on, off, _ in events:
+            inside[round(on * SR) : round(off * SR)] = True
+        out_x, out_bg = x[~inside].astype(np.float64), bg[~inside].astype(np.float64)
+        # 1 unless a loud clip was scaled down
+        scale = out_x @ out_bg / (out_bg @ out_bg)
+        np.testing.assert_allclose(out_x, out_bg * scale, rtol=1e-5, atol=1e-9)  # background only
+        for on, off, _ in events:  # each source sounds within its event (pauses may remain)
+            a, b = round(on * SR), round(off * SR)
+            assert np.abs(x[a:b] - bg[a:b] * scale).max() > 1e-4
+        outside += len(out_x)
+    assert outside > 6 * SR  # the check saw seconds of background
+
+
+def test_make_clip_is_unchanged_by_its_events():
+    for seed in range(3):
+        x, y = make_clip(np.random.default_rng(seed), 32000)
+        x2, y2, events = compose_clip(np.random.default_rng(seed), 32000)
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+        assert events.shape == (y.sum(), 3)
+
+
 def dominant_hz(x):
     p = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
     f = np.fft.rfftfreq(len(x), 1 / SR)
@@ -164,8 +212,12 @@ def test_loads_through_the_hdf5_dataset(demo):
     ds = AudioSetHDF5(out / "train.h5", num_classes=NUM_CLASSES, clip_samples=clip_samples)
     wav, tgt, _, _ = read(out / "train.h5")
     assert len(ds) == N_TRAIN and ds.num_skipped == 0
-    x, y = ds[7]
+    x, y, events, strong = ds[7]  # the demo set is strongly labelled
     assert tuple(x.shape) == (clip_samples,) and tuple(y.shape) == (NUM_CLASSES,)
+    assert bool(strong) and ds.has_strong and ds.strong_classes.all()
+    n = len(ds.events(7))
+    assert 1 <= n <= 3 and (events[n:, 2] == -1).all()
+    assert set(events[:n, 2].long().tolist()) == set(np.flatnonzero(tgt[7]).tolist())
     np.testing.assert_allclose(x.numpy(), wav[7] / 32768, atol=1e-7)
     np.testing.assert_array_equal(y.numpy().astype(bool), tgt[7])
     train = AudioSetHDF5(

@@ -13,6 +13,12 @@ seeded by (seed, split, clip index), so the files are a deterministic function o
 whatever the number of worker processes, on one platform: numpy's vectorised float32 sin/exp
 and BLAS may differ in the last bit between CPUs or builds, which can flip an int16 rounding.
 
+Each file also holds the clips' strong labels (layout in `dcls_audio.data.strong`): every
+named row is strongly labelled, its events are the sources placed in it, each from its first to
+its last sample (fades included; a source with pauses, as footsteps or a clock, is one event),
+and every class can be labelled. Writing them draws no random number: the audio is the same as
+without them.
+
 What it is not: recorded audio, or AudioSet's ontology. The sounds are simple procedural
 imitations of source types, meant for demos, tests and quick experiments on a CPU; results
 on this set say nothing about results on real recordings.
@@ -37,6 +43,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from dcls_audio.data.labels import write_class_index
+from dcls_audio.data.strong import StrongLabels, write_strong
 from dcls_audio.data.waveform import SAMPLE_RATE, float_to_int16
 from dcls_audio.workers import loader_worker_init, stop_safe_context
 
@@ -109,6 +116,18 @@ def background(rng: Rng, n: int) -> np.ndarray:
 
 def make_clip(rng: Rng, clip_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """One clip: (float32 waveform (clip_samples,), bool target (NUM_CLASSES,))."""
+    x, target, _ = compose_clip(rng, clip_samples)
+    return x, target
+
+
+def event_table(events: list[Event]) -> np.ndarray:
+    """Events as float64 rows ``[onset_s, offset_s, class]``, sorted."""
+    rows = [(ev.onset / SR, (ev.onset + len(ev.wave)) / SR, ev.cls) for ev in events]
+    return np.array(sorted(rows), dtype=np.float64).reshape(-1, 3)
+
+
+def compose_clip(rng: Rng, clip_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One clip: (float32 waveform, bool target, its events as `event_table` rows)."""
     events = draw_events(rng, clip_samples)
     x = background(rng, clip_samples)
     target = np.zeros(NUM_CLASSES, dtype=bool)
@@ -118,24 +137,26 @@ def make_clip(rng: Rng, clip_samples: int) -> tuple[np.ndarray, np.ndarray]:
     peak = float(np.abs(x).max())
     if peak > 0.99:  # rare pile-up of loud events: scale the clip instead of clipping it
         x *= np.float32(0.99 / peak)
-    return x, target
+    return x, target, event_table(events)
 
 
 def render_block(
     seed: int, split: int, lo: int, hi: int, clip_samples: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Clips ``lo..hi-1`` of a split as (int16 (hi-lo, clip_samples), bool (hi-lo, C))."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clips ``lo..hi-1``: int16 audio, bool targets, event rows (clip, onset, offset, class)."""
     wav = np.empty((hi - lo, clip_samples), dtype=np.int16)
     tgt = np.empty((hi - lo, NUM_CLASSES), dtype=bool)
+    events = []
     for i in range(lo, hi):
-        x, tgt[i - lo] = make_clip(np.random.default_rng([seed, split, i]), clip_samples)
+        x, tgt[i - lo], ev = compose_clip(np.random.default_rng([seed, split, i]), clip_samples)
         wav[i - lo] = float_to_int16(x)
-    return wav, tgt
+        events.append(np.concatenate([np.full((len(ev), 1), i), ev], axis=1))
+    return wav, tgt, np.concatenate(events) if events else np.zeros((0, 4))
 
 
 def _blocks(
     jobs: list[tuple[int, ...]], pool: Executor | None, window: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Results of ``render_block(*job)`` in order; at most ``window`` jobs in flight."""
     if pool is None:
         yield from (render_block(*job) for job in jobs)
@@ -172,11 +193,26 @@ def write_split(
             names = f.create_dataset("audio_name", shape=(rows,), dtype=f"S{name_len}")
             wav = f.create_dataset("waveform", shape=(rows, clip_samples), dtype=np.int16)
             tgt = f.create_dataset("target", shape=(rows, NUM_CLASSES), dtype=bool)
-            for (_, _, lo, hi, _), (w, y) in zip(jobs, _blocks(jobs, pool, window), strict=True):
+            events = [np.zeros((0, 4))]
+            for (_, _, lo, hi, _), (w, y, ev) in zip(
+                jobs, _blocks(jobs, pool, window), strict=True
+            ):
                 wav[lo:hi] = w
                 tgt[lo:hi] = y
                 names[lo:hi] = [f"snd{split}_{seed}_{i:07d}".encode() for i in range(lo, hi)]
-            # the empty rows keep name b"", target False and zero audio (the fill values)
+                events.append(ev)
+            # the empty rows keep name b"", target False and zero audio (the fill values), and
+            # are not strongly labelled
+            ev = np.concatenate(events)
+            labels = StrongLabels(
+                strong=np.arange(rows) < n,
+                row=ev[:, 0].astype(np.int64),
+                onset=ev[:, 1].astype(np.float32),
+                offset=ev[:, 2].astype(np.float32),
+                label=ev[:, 3].astype(np.int32),
+                strong_classes=np.ones(NUM_CLASSES, dtype=bool),
+            )
+            write_strong(f, labels)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
