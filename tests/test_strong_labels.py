@@ -126,6 +126,41 @@ def test_frame_targets_fractions_union_and_padding():
         frame_targets(torch.zeros(2, 3), 4, 1.0, C)
 
 
+def union_reference(events, num_frames, length, num_classes):
+    """Frame targets by merging each class's intervals in plain Python."""
+    out = np.zeros((len(events), num_frames, num_classes))
+    edges = np.arange(num_frames + 1) * length / num_frames
+    for n, rows in enumerate(events.tolist()):
+        for c in range(num_classes):
+            spans = sorted((max(a, 0), min(b, length)) for a, b, k in rows if round(k) == c)
+            merged = []
+            for a, b in spans:
+                if b <= a:
+                    continue
+                if merged and a <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], b)
+                else:
+                    merged.append([a, b])
+            for a, b in merged:
+                overlap = np.minimum(b, edges[1:]) - np.maximum(a, edges[:-1])
+                out[n, :, c] += np.clip(overlap, 0, None) * num_frames / length
+    return out
+
+
+def test_frame_targets_match_merged_intervals_on_random_overlaps():
+    g = torch.Generator().manual_seed(5)
+    on = torch.rand(16, 24, generator=g) * 2.4 - 0.2  # some start before the clip or past it
+    off = on + torch.rand(16, 24, generator=g) * 0.8 - 0.1  # some empty or reversed
+    cls = torch.randint(-1, C + 1, (16, 24), generator=g).float()  # padding and unknown classes
+    events = torch.stack([on, off, cls], dim=-1)
+    got = frame_targets(events, 13, 2.0, C)
+    want = union_reference(events.numpy().astype(np.float64), 13, 2.0, C)
+    np.testing.assert_allclose(got.numpy(), want, atol=2e-5)
+    assert (got > 0.999).sum() > 20 and ((got > 0.01) & (got < 0.99)).sum() > 20
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as inside a mixed-precision step
+        assert torch.equal(frame_targets(events, 13, 2.0, C), got)
+
+
 def test_max_overlap_counts_what_a_roll_can_split():
     row = np.array([0, 0, 0, 2, 2])
     on = np.array([0.0, 0.5, 1.0, 0.0, 1.0])

@@ -213,8 +213,12 @@ def pad_events(events: np.ndarray, max_events: int = MAX_EVENTS) -> np.ndarray:
 def frame_targets(
     events: torch.Tensor, num_frames: int, clip_seconds: float, num_classes: int
 ) -> torch.Tensor:
-    """Frame targets (N, F, C): the fraction of frame ``f`` (``[f T/F, (f+1) T/F)``) covered by
-    the union of the class's events; ``events`` (N, E, 3) rows ``[onset_s, offset_s, class]``.
+    """Frame targets (N, F, C) of padded events (N, E, 3) ``[onset_s, offset_s, class]``.
+
+    Frame ``f`` covers ``[f T/F, (f+1) T/F)`` seconds (T = ``clip_seconds``); its target is the
+    fraction of it covered by the union of the class's events (0..1). Events are cut to
+    ``[0, T]``; rows of class -1 (padding) or outside ``[0, C)`` and empty events count nothing.
+    Vectorised over clips and events, deterministic on any device.
     """
     if events.ndim != 3 or events.shape[-1] != 3:
         raise ValueError(f"expected events (N, E, 3), found {tuple(events.shape)}")
@@ -226,22 +230,37 @@ def frame_targets(
     cls = ev[..., 2].round().long()
     valid = (cls >= 0) & (cls < num_classes) & (off > on)
     cls = torch.where(valid, cls, torch.full_like(cls, num_classes))
-    # union per class: an event adds only what earlier same-class events (by onset) leave free
-    n_ev = ev.shape[1]
-    index = torch.arange(n_ev, device=ev.device)
-    earlier = (on[:, None, :] < on[:, :, None]) | (
-        (on[:, None, :] == on[:, :, None]) & (index[None, :] < index[:, None])
-    )  # [n, i, j]: event j comes before event i
-    same = (cls[:, None, :] == cls[:, :, None]) & earlier & valid[:, None, :]
-    reach = torch.where(same, off[:, None, :], torch.zeros_like(same, dtype=off.dtype))
-    start = torch.maximum(on, reach.amax(dim=2) if n_ev else on)
+    # union per class: sorted by (class, onset), an event adds only what the earlier events of
+    # its class leave free, [max(onset, reach), max(offset, reach)) with reach the latest offset
+    # so far (a running max over class-offset keys: other classes' keys stay below the class's)
+    span = float(clip_seconds) + 1.0
+    base = cls.double() * span
+    order = (base + on.double()).argsort(dim=1)
+    on, off, cls, base = (t.gather(1, order) for t in (on, off, cls, base))
+    latest = (base + off.double()).cummax(dim=1).values
+    earlier = torch.cat([torch.full_like(latest[:, :1], -1.0), latest[:, :-1]], dim=1)
+    start = torch.maximum(on, (earlier - base).to(on.dtype))  # < 0: no earlier event of the class
     end = torch.maximum(off, start)
     edges = torch.arange(num_frames + 1, device=ev.device, dtype=torch.float64)
     edges = (edges * (clip_seconds / num_frames)).to(ev.dtype)
     lo, hi = edges[:-1], edges[1:]  # (F,)
     cover = (torch.minimum(end[:, None, :], hi[None, :, None])
              - torch.maximum(start[:, None, :], lo[None, :, None])).clamp_min(0)  # fmt: skip
-    cover = cover * (num_frames / clip_seconds)  # (N, F, E) fractions of a frame
+    # per class, the sum over its run of class-sorted events, written once at the run's last
+    # event (a running sum's difference): no two writes meet in a class column, so the result
+    # is deterministic on any device (unlike scatter_add_ on CUDA); padding, unknown classes
+    # and empty events form the last run, column C, which is dropped
+    n_ev, scale = cover.shape[2], num_frames / clip_seconds
+    total = torch.cat([cover.new_zeros(*cover.shape[:2], 1), cover], 2).double().cumsum(2)
+    change = cls[:, 1:] != cls[:, :-1]
+    position = torch.arange(n_ev, device=ev.device).expand_as(cls)
+    starts = torch.ones_like(cls, dtype=torch.bool)
+    starts[:, 1:] = change
+    first = torch.where(starts, position, 0).cummax(dim=1).values  # where each event's run starts
+    run = total[..., 1:] - total.gather(2, first[:, None, :].expand(-1, num_frames, -1))
+    ends = torch.ones_like(starts)
+    ends[:, : n_ev - 1] = change
+    column = torch.where(ends, cls, num_classes)
     out = torch.zeros(ev.shape[0], num_frames, num_classes + 1, device=ev.device)
-    out.scatter_add_(2, cls[:, None, :].expand(-1, num_frames, -1), cover)
+    out.scatter_(2, column[:, None, :].expand(-1, num_frames, -1), (run * scale).float())
     return out[..., :num_classes].clamp_(0.0, 1.0)
