@@ -113,6 +113,33 @@ def test_csv_with_events_keeps_other_files_weak_only(folder, capsys):
     assert not (tmp / "x.h5").exists() and not (tmp / "x.h5.partial").exists()
 
 
+class Crash(BaseException):
+    """Not an Exception: the packer cannot take it for an unreadable file."""
+
+
+def test_interrupted_packing_resumes_to_the_same_strong_labels(folder, monkeypatch):
+    audio, classes, table, tmp = folder
+    pc.pack_custom(audio, tmp / "ref.h5", None, classes, 2.0, events_tsv=table, progress=False)
+    real, calls = pc.load_task, []
+
+    def crash_on_second(task):
+        calls.append(task)
+        if len(calls) == 2:
+            raise Crash
+        return real(task)
+
+    monkeypatch.setattr("dcls_audio.datasets.common.FLUSH_EVERY", 1)
+    monkeypatch.setattr(pc, "load_task", crash_on_second)
+    out = tmp / "resumed.h5"
+    with pytest.raises(Crash):
+        pc.pack_custom(audio, out, None, classes, 2.0, events_tsv=table, progress=False)
+    with h5py.File(tmp / "resumed.h5.partial") as f:
+        assert "strong" not in f and f.attrs["rows_done"] == 1  # written when the rows are
+    monkeypatch.setattr(pc, "load_task", real)
+    pc.pack_custom(audio, out, None, classes, 2.0, events_tsv=table, progress=False)
+    assert events_of(out) == events_of(tmp / "ref.h5")
+
+
 @pytest.mark.parametrize(
     "rows,error,message",
     [

@@ -319,3 +319,16 @@ def test_layout_errors_are_named(tmp_path):
     with pytest.raises(EventPastEndError, match="late.h5: event 2: event 0-2.01 s reaches past"):
         AudioSetHDF5(late, C, clip_samples=L)
     assert issubclass(EventTimeError, StrongLabelError) and issubclass(StrongLabelError, ValueError)
+
+
+def test_write_strong_replaces_what_a_file_holds(tmp_path):
+    write_file(tmp_path / "a.h5", ROWS, [True, True, True, True])
+    with h5py.File(tmp_path / "a.h5", "a") as f:  # a packer's finish run again after a stop
+        write_strong(f, StrongLabels(np.array([True, False, False, False]), np.array([0]),
+                                     np.float32([0.5]), np.float32([1.0]), np.int32([2]),
+                                     np.array([True, True, False])))  # fmt: skip
+        with pytest.raises(StrongLabelError, match="do not match the file's 4 rows and 3"):
+            write_strong(f, StrongLabels(np.ones(3, bool), *([np.zeros(0)] * 4), np.ones(3, bool)))
+    ds = AudioSetHDF5(tmp_path / "a.h5", C, clip_samples=L)
+    assert ds.strong_classes.tolist() == [True, True, False]
+    assert ds.events(0).tolist() == [[0.5, 1.0, 2.0]] and not ds.is_strong(1)
