@@ -33,7 +33,7 @@ from torch import nn
 
 from dcls_audio.data.stream import AudioReadError, stream_audio
 from dcls_audio.data.waveform import SAMPLE_RATE
-from dcls_audio.models.frames import feature_stride, has_frame_head
+from dcls_audio.models.frames import feature_stride, frame_logits, has_frame_head
 from dcls_audio.tagger import Tagger
 
 MODES = ("frames", "clip")
@@ -57,17 +57,6 @@ class Track:
 def ceil_div(a: int, b: int) -> int:
     """Integer ceiling of a / b for b > 0."""
     return -((-a) // b)
-
-
-def frame_logits(model: nn.Module, logmel: torch.Tensor) -> torch.Tensor:
-    """Frame logits (N, T, classes): the model's frame head when it has one (strong labels),
-    else each column of the last feature map (averaged over frequency) through the clip head."""
-    feats = model.forward_features(logmel)  # (N, C, F, T)
-    if has_frame_head(model):
-        return model.frame_head(feats)
-    n, c, _, t = feats.shape
-    cols = feats.mean(2).permute(0, 2, 1).reshape(n * t, c, 1, 1)
-    return model.forward_head(cols).reshape(n, t, -1)
 
 
 def _activate(logits: torch.Tensor, activation: str) -> torch.Tensor:

@@ -146,12 +146,12 @@ def test_a_run_with_strong_labels_logs_the_frame_loss_and_scores_events(syntheti
     shutil.copytree(synthetic_root(8), root)
     add_strong_labels(root / "train.h5", 10.0, seed=0, weak_rows=2)
     add_strong_labels(root / "eval.h5", 10.0, seed=1)
-    cfg = train_cfg(
-        root, "frames=strong", "trainer.batch_size=4", "trainer.global_batch_size=4",
+    overrides = (
+        "frames=strong", "trainer.batch_size=4", "trainer.global_batch_size=4",
         "optim.lr_ref_batch=4", "trainer.epochs=1", "trainer.warmup_epochs=0",
         "+model.timm_kwargs.dims=[8,16,32,64]", "+model.timm_kwargs.depths=[1,1,1,1]",
     )  # fmt: skip
-    metrics = run(cfg, run_dir=tmp_path / "run")
+    metrics = run(train_cfg(root, *overrides), run_dir=tmp_path / "run")
     assert metrics["event_clips"] == 5 and 0.0 <= metrics["segment_f1"] <= 1.0
     assert 0.0 < metrics["segment_ap"] <= 1.0 and metrics["segment_threshold"] == 0.5
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -162,3 +162,8 @@ def test_a_run_with_strong_labels_logs_the_frame_loss_and_scores_events(syntheti
     assert "segment F1" in (tmp_path / "run" / "train.log").read_text()
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
     assert "frame_head.fc.weight" in state
+    # the same data without frames=strong: clip training, events scored from the feature columns
+    weak_cfg = train_cfg(root, *[o for o in overrides if o != "frames=strong"])
+    weak = run(weak_cfg, run_dir=tmp_path / "weak")
+    assert weak["event_clips"] == 5 and 0.0 < weak["segment_ap"] <= 1.0
+    assert "frame_loss" not in (tmp_path / "weak" / "metrics.jsonl").read_text()

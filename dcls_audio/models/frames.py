@@ -65,6 +65,17 @@ def add_frame_head(model: nn.Module, upsample: int) -> nn.Module:
     return model
 
 
+def frame_logits(model: nn.Module, logmel: torch.Tensor) -> torch.Tensor:
+    """Frame logits (N, T, classes): the model's frame head when it has one (strong labels),
+    else each column of the last feature map (averaged over frequency) through the clip head."""
+    feats = model.forward_features(logmel)  # (N, C, F, T)
+    if has_frame_head(model):
+        return model.frame_head(feats)
+    n, c, _, t = feats.shape
+    cols = feats.mean(2).permute(0, 2, 1).reshape(n * t, c, 1, 1)
+    return model.forward_head(cols).reshape(n, t, -1)
+
+
 def has_frame_head(model: nn.Module) -> bool:
     """True when ``model`` (not a wrapper) carries a `FrameHead`."""
     return isinstance(getattr(model, "frame_head", None), FrameHead)
@@ -84,5 +95,6 @@ def feature_stride(model: nn.Module, n_mels: int = 128) -> int:
 
 
 def frame_seconds(model: nn.Module) -> float:
-    """Seconds of audio per output frame of the model's frame head."""
-    return feature_stride(model) * STFT_HOP_S / model.frame_head.upsample
+    """Seconds of audio per frame of `frame_logits` (the frame head's, or a feature column's)."""
+    upsample = model.frame_head.upsample if has_frame_head(model) else 1
+    return feature_stride(model) * STFT_HOP_S / upsample

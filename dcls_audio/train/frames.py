@@ -103,18 +103,21 @@ def event_scores(
     frontend: nn.Module,
     loader: Any,
     device: torch.device,
-    frame_loss: FrameLoss,
+    class_mask: np.ndarray,
     clip_seconds: float,
     main: bool,
     amp: bool = False,
 ) -> dict[str, Any] | None:
-    """Event metrics of the frame head over the strongly labelled clips of ``loader``.
+    """Event metrics of the model's frames over the strongly labelled clips of ``loader``.
 
-    Every rank scores its shard and takes part in the gather; the main rank gets the metrics of
-    `dcls_audio.train.event_metrics.event_metrics` (segment F1 at 0.5 and segment AP over 1-s
-    segments), the others None. Scores are reduced to segments batch by batch (the max over the
-    frames overlapping each), so memory holds (clips, segments, classes).
+    The frames are the frame head's (``frames=strong``), else the clip head applied to each
+    column of the last feature map (the timeline's ``frames`` mode: what a weakly trained model
+    knows of "when"). Every rank scores its shard and takes part in the gather; the main rank
+    gets `dcls_audio.train.event_metrics.event_metrics` (segment F1 at 0.5 and segment AP over
+    1-s segments), the others None. Scores are reduced to segments batch by batch (the max over
+    the frames overlapping each), so memory holds (clips, segments, classes).
     """
+    from dcls_audio.models.frames import frame_logits, frame_seconds
     from dcls_audio.train.distributed import all_gather_object
     from dcls_audio.train.event_metrics import event_metrics, segment_max
     from dcls_audio.train.preempt import batches
@@ -122,22 +125,19 @@ def event_scores(
     segments, rows = [], []
     model.eval()
     frontend.eval()
-    emit_frames(model, True)
-    try:
-        with torch.inference_mode(), batches(loader) as it:
-            for waveform, _, events, strong in it:
-                keep = strong.bool()
-                if not bool(keep.any()):
-                    continue
-                x = frontend(waveform[keep].to(device, non_blocking=True))
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    _, frames = model(x)
-                probs = frames.float().sigmoid().cpu().numpy()
-                dense = clip_frames(probs, frame_loss.frame_s, clip_seconds)
-                segments.append(segment_max(dense, clip_seconds).astype(np.float32))
-                rows.append(events[keep].numpy())
-    finally:
-        emit_frames(model, False)
+    frame_s = frame_seconds(model)
+    with torch.inference_mode(), batches(loader) as it:
+        for waveform, _, events, strong in it:
+            keep = strong.bool()
+            if not bool(keep.any()):
+                continue
+            x = frontend(waveform[keep].to(device, non_blocking=True))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                frames = frame_logits(model, x)
+            probs = frames.float().sigmoid().cpu().numpy()
+            dense = clip_frames(probs, frame_s, clip_seconds)
+            segments.append(segment_max(dense, clip_seconds).astype(np.float32))
+            rows.append(events[keep].numpy())
     gathered = all_gather_object((segments, rows))
     if not main:
         return None
@@ -147,8 +147,7 @@ def event_scores(
         return {"event_clips": 0}
     scores, events = np.concatenate(segments), np.concatenate(rows)
     strong = np.ones(len(scores), dtype=bool)
-    mask = frame_loss.class_mask.cpu().numpy()
-    return event_metrics(scores, events, strong, clip_seconds, class_mask=mask)
+    return event_metrics(scores, events, strong, clip_seconds, class_mask=class_mask)
 
 
 def event_line(metrics: dict[str, Any]) -> str:

@@ -244,8 +244,8 @@ def _train(
         with stop:
             metrics = fit(trainee, recipe, loaders, plan, io, state, epoch_rng)
         eval_set = getattr(loaders.eval.dataset, "dataset", loaders.eval.dataset)  # a Subset's
-        if frame_loss is not None and getattr(eval_set, "has_strong", False):
-            found = event_scores(model, frontend, loaders.eval, device, frame_loss,
+        if getattr(eval_set, "has_strong", False) and task.name == "multilabel":
+            found = event_scores(model, frontend, loaders.eval, device, eval_set.strong_classes,
                                  clip_samples(cfg.data) / SAMPLE_RATE, main, amp)  # fmt: skip
             if main:
                 metrics = {**metrics, **found}
