@@ -31,11 +31,19 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-VERSIONS = ("gauss", "bilinear")
-SIGMA_OFFSET = 0.27
-NORM_EPS = 1e-7
+from .constants import NORM_EPS, SIGMA_OFFSET
+from .construct_op import check_triton, construct_kernel_2d_op
 
-__all__ = ["VERSIONS", "construct_kernel", "normalize_size", "check_version"]
+VERSIONS = ("gauss", "bilinear")
+
+__all__ = [
+    "NORM_EPS",
+    "SIGMA_OFFSET",
+    "VERSIONS",
+    "check_version",
+    "construct_kernel",
+    "normalize_size",
+]
 
 
 def check_version(version: str) -> str:
@@ -236,8 +244,6 @@ def _construct_2d(
     window: Sequence[tuple[int, int]] | None,
 ) -> Tensor:  # fmt: skip
     """The 2-D construction through the operator ``dcls_audio::construct_2d``."""
-    from .construct_op import check_triton, construct_kernel_2d_op
-
     gauss = version == "gauss"
     sig = SIG if gauss else None
     (lo_h, hi_h), (lo_w, hi_w) = window or ((0, size[0]), (0, size[1]))

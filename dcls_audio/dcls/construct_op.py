@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from .construct import NORM_EPS, SIGMA_OFFSET
+from .constants import NORM_EPS, SIGMA_OFFSET
 
 __all__ = [
     "TRITON_CHECKED",

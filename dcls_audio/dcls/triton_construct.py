@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .construct import NORM_EPS, SIGMA_OFFSET
+from .constants import NORM_EPS, SIGMA_OFFSET
 
 __all__ = ["construct_kernel_2d", "construct_backward_2d", "construct_forward_2d"]
 
