@@ -113,7 +113,7 @@ def test_compile_options_are_checked_where_the_run_is():
         check_compile("reduce-overhead", cuda, 2)
     assert check_compile("reduce-overhead", cuda, 1) == "reduce-overhead"
     assert resolve_channels_last("auto", cuda, "dsc") is True
-    assert resolve_channels_last("auto", cpu, "dcls") is True
+    assert resolve_channels_last("auto", cpu, "dcls") is False
     assert resolve_channels_last("auto", cpu, "dsc") is False
     assert resolve_channels_last(True, cpu) is True and resolve_channels_last(False, cuda) is False
     with pytest.raises(ValueError, match=r"trainer.channels_last='yes'"):

@@ -1,8 +1,8 @@
 """Speed options of the trainer and the inference commands: channels_last and torch.compile.
 
 ``trainer.channels_last`` (``auto``: true on CUDA, where the DCLS Triton kernels and cuDNN's
-pointwise layers read channels_last directly; on the CPU what measured fastest there for the
-model's conv type, see `CPU_CHANNELS_LAST`) converts the model and its input batches.
+pointwise layers read channels_last directly; on the CPU false: it measured no faster there,
+see `CPU_CHANNELS_LAST`) converts the model and its input batches.
 ``trainer.compile`` compiles the module that takes the training steps (after DDP wraps it, as
 timm does): ``none`` | ``default`` | ``max-autotune-no-cudagraphs`` | ``reduce-overhead`` (CUDA
 graphs; CUDA and one process only). The weights a run saves and evaluates are always the plain
@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
-# On the CPU, measured with ConvNeXt-T (2 threads, batch 2, fp32; docs/benchmarks.md): DCLS
-# trains and infers faster in channels_last (0.82x / 0.94x the NCHW time), while the 7x7
-# depthwise layers of DSC are much slower in it (1.9x / 7x). On CUDA channels_last is the
-# layout the Triton DCLS kernels and cuDNN's pointwise layers read directly.
-CPU_CHANNELS_LAST = {"dcls": True, "dsc": False}
+# On the CPU, measured on a quiet 2-core machine (2 threads, fp32), channels_last / NCHW time:
+# ConvNeXt-T batch 2 DSC 0.99 train / 0.98 infer, DCLS-Gauss 1.00 / 1.01; the demo model batch
+# 16 DSC 1.00 / 0.98, DCLS 1.00 / 1.01: no difference, so the CPU keeps NCHW (no conversions).
+# On CUDA channels_last is the layout the Triton DCLS kernels and cuDNN's pointwise layers read
+# directly.
+CPU_CHANNELS_LAST = {"dcls": False, "dsc": False}
 
 
 def resolve_channels_last(
