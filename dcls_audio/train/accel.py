@@ -73,10 +73,15 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 
 def compile_module(module: nn.Module, mode: str) -> nn.Module:
-    """``torch.compile(module)`` in ``mode`` (inductor); the module itself for ``none``."""
+    """``torch.compile(module)`` in ``mode`` (inductor); the module itself for ``none``.
+
+    Static shapes (``dynamic=False``): a training step's shapes never change, and the DCLS
+    layers plan their kernel crop from the input size in Python; a shape seen earlier in the
+    process (another model of the same class) would otherwise turn on dynamic shapes.
+    """
     if mode == "none":
         return module
-    return torch.compile(module, mode=None if mode == "default" else mode)
+    return torch.compile(module, mode=None if mode == "default" else mode, dynamic=False)
 
 
 def prepare_inference(
