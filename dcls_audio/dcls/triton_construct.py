@@ -47,6 +47,14 @@ def _profile(position, sigma, pos, GAUSS: tl.constexpr):
 
 
 @triton.jit
+def _grid_sums(c0, c1, s0, s1, r, SH, SW, GAUSS: tl.constexpr):
+    # each element's profile sums over the full grid of each axis (the normalisation)
+    sum0 = tl.sum(tl.where(r[None, :] < SH, _profile(c0, s0, r - SH // 2, GAUSS), 0.0), 1)
+    sum1 = tl.sum(tl.where(r[None, :] < SW, _profile(c1, s1, r - SW // 2, GAUSS), 0.0), 1)
+    return sum0, sum1
+
+
+@triton.jit
 def _load_params(w_ptr, p_ptr, s_ptr, n, N, COUNT, SH, SW, OFFSET, GAUSS: tl.constexpr, BK):
     k = tl.arange(0, BK)
     live = k < COUNT
@@ -75,9 +83,7 @@ def _construct_kernel(
         w_ptr, p_ptr, s_ptr, n, N, COUNT, SH, SW, OFFSET, GAUSS, BK
     )
     r = tl.arange(0, BS)
-    # normalisation over the full grid, as construct_kernel
-    sum0 = tl.sum(tl.where(r[None, :] < SH, _profile(c0, s0, r - SH // 2, GAUSS), 0.0), 1)
-    sum1 = tl.sum(tl.where(r[None, :] < SW, _profile(c1, s1, r - SW // 2, GAUSS), 0.0), 1)
+    sum0, sum1 = _grid_sums(c0, c1, s0, s1, r, SH, SW, GAUSS)  # as construct_kernel
     scale = tl.where(live, w / (sum0 * sum1 + EPS), 0.0)
     # the window's rows and columns
     g0 = _profile(c0, s0, LO_H - SH // 2 + r, GAUSS)
@@ -126,8 +132,7 @@ def _construct_backward_kernel(
         w_ptr, p_ptr, s_ptr, n, N, COUNT, SH, SW, OFFSET, GAUSS, BK
     )
     r = tl.arange(0, BS)
-    sum0 = tl.sum(tl.where(r[None, :] < SH, _profile(c0, s0, r - SH // 2, GAUSS), 0.0), 1)
-    sum1 = tl.sum(tl.where(r[None, :] < SW, _profile(c1, s1, r - SW // 2, GAUSS), 0.0), 1)
+    sum0, sum1 = _grid_sums(c0, c1, s0, s1, r, SH, SW, GAUSS)
     denom = sum0 * sum1 + EPS
     scale = tl.where(live, w / denom, 0.0)
     g0 = tl.where(r[None, :] < OH, _profile(c0, s0, LO_H - SH // 2 + r, GAUSS), 0.0)  # (BK, a)

@@ -331,6 +331,11 @@ def launch_weight_grad(
         rows_per, PREC=_precision(xa.dtype), BR=br, BW=bw, BWI=bwi,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
+    return diagonal_sums(part, splits, c, kh, kw, bw, bwi)
+
+
+def diagonal_sums(part: Tensor, splits: int, c: int, kh: int, kw: int, bw: int, bwi: int) -> Tensor:
+    """The (C, 1, kh, kw) weight gradient from the kernels' per-split partial products."""
     m = part.sum(0) if splits > 1 else part[0]
     # dw[c, i, j] = sum_b m[c, i, b + j, b]: a strided view walks those diagonals.
     diagonals = m.as_strided((c, kh, kw, bw), (kh * bwi * bw, bwi * bw, bw, bw + 1))

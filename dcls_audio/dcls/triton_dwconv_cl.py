@@ -20,7 +20,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_dwconv import _INTERPRETED, _no_bias, _precision, _store, wgrad_splits, window
+from .triton_dwconv import (
+    _INTERPRETED,
+    _no_bias,
+    _precision,
+    _store,
+    diagonal_sums,
+    wgrad_splits,
+    window,
+)
 
 __all__ = ["dw_forward", "dw_input_grad", "dw_weight_grad"]
 
@@ -190,10 +198,7 @@ def launch_weight_grad(
         *grad_out.stride(), PREC=_precision(x.dtype), BC=bc, BR=br, BW=bw, BWI=bwi,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    m = part.sum(0) if splits > 1 else part[0]
-    # dw[c, i, j] = sum_b m[c, i, b + j, b]: a strided view walks those diagonals.
-    diagonals = m.as_strided((c, kh, kw, bw), (kh * bwi * bw, bwi * bw, bw, bw + 1))
-    return diagonals.sum(-1).unsqueeze(1)
+    return diagonal_sums(part, splits, c, kh, kw, bw, bwi)
 
 
 def dw_weight_grad(
