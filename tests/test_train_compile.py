@@ -146,23 +146,15 @@ def test_channels_last_run_keeps_the_format_and_matches_nchw(data_root, tmp_path
 @pytest.mark.slow
 def test_ddp_and_compile_under_torchrun_on_the_cpu(data_root, tmp_path):
     """Two gloo ranks, each compiling its DDP module: the run ends, keys stay the bare model's."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT, tiny_overrides
+    from conftest import tiny_overrides
+    from test_distributed import torchrun
 
     over = tiny_overrides(
         data_root, "augment=none", "trainer.batch_size=1", "trainer.global_batch_size=2",
         "optim.lr_ref_batch=2", "trainer.epochs=1", "trainer.warmup_epochs=0",
         "trainer.max_eval_samples=2", "trainer.compile=default", *SMALL,
     )  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
-        env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "train.py", *over, f"hydra.run.dir={tmp_path / 'ddp'}"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = torchrun(*over, f"hydra.run.dir={tmp_path / 'ddp'}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["world_size"] == 2 and results["device"]["compile"] == "default"

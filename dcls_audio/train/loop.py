@@ -34,7 +34,7 @@ from dcls_audio.train.preempt import batches
 from dcls_audio.workers import worker_died
 
 
-def fetch_step(batches: Iterator, accum_steps: int, stopping: Callable[[], bool]) -> list | None:
+def fetch_step(source: Iterator, accum_steps: int, stopping: Callable[[], bool]) -> list | None:
     """The micro-batches of one optimizer step; None when a loader worker died during a stop.
 
     A worker that ends after this process received a stop signal is part of the stop: the run
@@ -43,7 +43,7 @@ def fetch_step(batches: Iterator, accum_steps: int, stopping: Callable[[], bool]
     if stopping():  # the loop stops before this step: read nothing more
         return None
     try:
-        return [next(batches) for _ in range(accum_steps)]
+        return [next(source) for _ in range(accum_steps)]
     except RuntimeError as err:
         if worker_died(err) and stopping():
             return None
