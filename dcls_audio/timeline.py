@@ -12,8 +12,8 @@ Two ways to turn a window into scores over time (``mode``):
   each placed on the 1.28 s of audio its column's stride covers (128 log-mel frames, measured
   by :func:`feature_stride`; the window's last ``W - 1.28 T`` seconds are left to the windows
   after it). A model trained from strong labels (``frames=strong``) has a frame head: its frames
-  (1.28 s / the head's upsampling) are used instead. One window alone thus gives a 1.28 s
-  resolution; windows every ``hop`` seconds refine it to ``hop``.
+  (its stage's stride / the head's upsampling: :func:`frame_stride`) are used instead. One
+  window alone thus gives a 1.28 s resolution; windows every ``hop`` seconds refine it to ``hop``.
 - ``clip``: the window's clip-level score (the model as trained), placed on the whole window.
 
 Each output frame (``hop`` seconds, centres at ``(k + 0.5) * hop``) is the mean of the scores
@@ -33,7 +33,7 @@ from torch import nn
 
 from dcls_audio.data.stream import AudioReadError, stream_audio
 from dcls_audio.data.waveform import SAMPLE_RATE
-from dcls_audio.models.frames import feature_stride, frame_logits, has_frame_head
+from dcls_audio.models.frames import frame_logits, frame_stride
 from dcls_audio.tagger import Tagger
 
 MODES = ("frames", "clip")
@@ -152,9 +152,7 @@ class WindowScorer:
         self.window = tagger.window_samples  # the model's layout: load_tagger's channels_last
         self.stride = 0
         if mode == "frames":  # samples per frame: a feature column, or a frame head's frame
-            self.stride = feature_stride(tagger.model) * STFT_HOP
-            if has_frame_head(tagger.model):
-                self.stride //= tagger.model.frame_head.upsample
+            self.stride = frame_stride(tagger.model) * STFT_HOP
 
     @torch.inference_mode()
     def __call__(self, windows: torch.Tensor) -> list[list[tuple[int, int, np.ndarray]]]:
@@ -166,7 +164,7 @@ class WindowScorer:
             return [[(0, self.window, p)] for p in probs]
         probs = _activate(frame_logits(t.model, x), t.activation).cpu().numpy()  # (N, T, C)
         cols = probs.shape[1]
-        edges = [min(j * self.stride, self.window) for j in range(cols + 1)]
+        edges = [min(round(j * self.stride), self.window) for j in range(cols + 1)]
         return [[(edges[j], edges[j + 1], p[j]) for j in range(cols)] for p in probs]
 
 

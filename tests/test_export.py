@@ -87,6 +87,29 @@ def test_waveform_frontend_exports(tmp_path):
     assert out["input"].startswith("waveform") and out["onnx_rel_err"] <= 1e-4
 
 
+@pytest.mark.parametrize(("stage", "upsample", "frames"), [(-1, 4, 28), (-2, 2, 30)])
+def test_frames_export_of_a_frame_head_checkpoint(tmp_path, stage, upsample, frames):
+    """--frames of a strongly trained checkpoint exports its frame head (not the clip head)."""
+    from dcls_audio.models.frames import frame_logits
+
+    m, c = cfgs("convnext_atto", "dcls_gauss", 527, drop_path_rate=0.0, frame_head=upsample,
+                frame_stage=stage)  # fmt: skip
+    torch.manual_seed(0)
+    net = build_model(m, c).eval()
+    ckpt = tmp_path / "strong.pt"
+    torch.save({"model": net.state_dict(), "config": {"model": m, "conv": c}}, ckpt)
+    onnx_path = tmp_path / "frames.onnx"
+    assert export.main([str(ckpt), "--onnx", str(onnx_path), "--frames"]) == 0
+    x = LogMelFrontend().eval()(export.test_signal().unsqueeze(0) * 0.5)
+    got = ort.InferenceSession(str(onnx_path)).run(None, {"logmel": x.numpy()})[0]
+    with torch.no_grad():
+        want = net.frame_head(net.forward_intermediates(x, indices=[4 + stage])[1][0])
+    assert got.shape == (1, frames, 527)  # 10 s: 7 columns x 4, or 15 stage-3 columns x 2
+    assert np.abs(got - want.numpy()).max() <= 1e-4 * want.abs().max().item()
+    with torch.no_grad():  # the head's frames, not the columns through the clip head
+        torch.testing.assert_close(frame_logits(net, x), want)
+
+
 def test_export_cli_errors(tmp_path, capsys):
     assert export.main([str(tmp_path / "none.pt"), "--onnx", str(tmp_path / "x.onnx")]) == 2
     assert "none.pt: no such file" in capsys.readouterr().err

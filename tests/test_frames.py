@@ -13,9 +13,9 @@ from dcls_audio.train.frames import FrameLoss, build_frame_loss, clip_frames, em
 FAMILIES = [("convnext_t", 7), ("convformer_s18", 8), ("fastvit_sa24", 8)]
 
 
-def build(name: str, conv: str, frame_head):
+def build(name: str, conv: str, frame_head, stage: int = -1):
     cfg = load_group("model", name, ["data.num_classes=10"])
-    cfg["frame_head"] = frame_head
+    cfg["frame_head"], cfg["frame_stage"] = frame_head, stage
     torch.manual_seed(0)
     return build_model(cfg, load_group("conv", conv)).eval()
 
@@ -38,6 +38,39 @@ def test_frame_head_of_every_family(name, columns, conv):
     keys = set(framed.state_dict()) - set(plain.state_dict())
     assert keys == {"frame_head.norm.weight", "frame_head.norm.bias", "frame_head.fc.weight",
                     "frame_head.fc.bias"}  # fmt: skip
+
+
+# (model, columns of a 10-s clip's stage-3 map: 64 log-mel frames each)
+STAGE3 = [("convnext_t", 15), ("convformer_s18", 16), ("fastvit_sa24", 16)]
+
+
+@pytest.mark.parametrize(("name", "columns"), STAGE3)
+def test_frame_head_on_the_stage_before_the_last(name, columns):
+    """stage=-2: the head reads the third stage's map (0.64-s columns, 2x: 0.32-s frames)."""
+    from dcls_audio.models.frames import frame_logits, frame_stride
+
+    plain, framed = build(name, "dsc", None), build(name, "dsc", 2, stage=-2)
+    framed.load_state_dict(plain.state_dict(), strict=False)  # same trunk and clip head
+    x = torch.randn(2, 1, 128, 1001, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        emit_frames(framed, True)
+        clip, frames = framed(x)
+        torch.testing.assert_close(clip, plain(x))
+        mid = framed.stem(x)  # the reference: the stages run by hand, the last one left out
+        for stage in framed.stages[:-1]:
+            mid = stage(mid)
+        torch.testing.assert_close(frames, framed.frame_head(mid))
+        torch.testing.assert_close(frame_logits(framed, x), frames)
+    assert mid.shape[-1] == columns and frames.shape == (2, 2 * columns, 10)
+    assert framed.frame_head.fc.in_features == mid.shape[1]
+    assert frame_stride(framed) == 32 and frame_seconds(framed) == pytest.approx(0.32)
+
+
+def test_frame_stage_is_checked():
+    with pytest.raises(ValueError, match=r"model.frame_stage=0: expected -1 .* down to -4"):
+        build("convnext_atto", "dsc", 2, stage=0)
+    with pytest.raises(ValueError, match=r"model.frame_stage=-5"):
+        build("convnext_atto", "dsc", 2, stage=-5)
 
 
 def test_frame_head_upsamples_the_columns_it_reads():

@@ -17,6 +17,7 @@ from dcls_audio import events as ev
 from dcls_audio import tag, timeline
 from dcls_audio.data import LogMelFrontend
 from dcls_audio.data.stream import StreamResampler, expand_inputs, stream_audio
+from dcls_audio.models.frames import frame_stride
 
 SR = 32000
 
@@ -131,6 +132,22 @@ def test_frame_spans_use_the_feature_stride():
     assert [(a, b) for a, b, _ in spans] == [(0, 40960), (40960, 81920), (81920, 122880)]
 
 
+@pytest.mark.parametrize(("upsample", "stage", "frames"), [(4, -1, 12), (2, -2, 14)])
+def test_frame_head_spans_follow_its_stage_and_upsampling(upsample, stage, frames):
+    """A strongly trained model is scored on its frame head: 32 log-mel frames per frame here."""
+    from dcls_audio.models import build_model
+
+    m, c = cfgs("convnext_atto", "dsc", 3, frame_head=upsample, frame_stage=stage)
+    net = build_model(m, c).eval()
+    tagger = tag.Tagger(net, LogMelFrontend().eval(), list("abc"), torch.device("cpu"), "model",
+                        5 * SR, "sigmoid")  # fmt: skip
+    scorer = timeline.WindowScorer(tagger, "frames")
+    assert scorer.stride == 32 * 320
+    [spans] = scorer(torch.zeros(1, 5 * SR))  # 5 s: 3 columns x 4, or 7 stage-3 columns x 2
+    assert len(spans) == frames and [b - a for a, b, _ in spans] == [10240] * frames
+    assert spans[-1][1] == frames * 10240 <= 5 * SR
+
+
 def test_track_is_independent_of_block_sizes_and_batches():
     tagger = energy_tagger(activation="softmax")
     wave = burst(17.3, 3.0, 6.5, seed=1)
@@ -184,7 +201,7 @@ def test_frame_logits_every_family(model):
     m, c = _family(model)
     c.update(dilated_kernel_size=7, kernel_count=5)
     net = build_model(m, c).eval()
-    assert timeline.feature_stride(net) == 128
+    assert frame_stride(net) == 128  # no frame head: a feature column
     x = torch.randn(2, 1, 128, 501)
     with torch.no_grad():
         frames, clip = timeline.frame_logits(net, x), net(x)

@@ -58,9 +58,10 @@ MODEL_KEYS = (
     "stem_kernel",
     "timm_kwargs",
     "frame_head",
+    "frame_stage",
 )
 # keys a model config may leave out (configs of runs made before they existed)
-MODEL_DEFAULTS = {"frame_head": None}
+MODEL_DEFAULTS = {"frame_head": None, "frame_stage": -1}
 CONV_KEYS = {
     "dsc": ("name", "type", "kernel_size"),
     "dcls": (
@@ -134,7 +135,8 @@ def build_model(model_cfg: Any, conv_cfg: Any) -> nn.Module:
     ``model_cfg`` keys: name, timm_name, num_classes, drop_path_rate, pretrained, init
     (none|imagenet|finetune, see :mod:`.pretrained`), in_chans, stem_kernel, timm_kwargs (extra
     keyword arguments of the timm constructor, e.g. ``ls_init_value`` of ConvNeXt), frame_head
-    (null, or the time upsampling of a frame-level head: :mod:`.frames`).
+    (null, or the time upsampling of a frame-level head: :mod:`.frames`), frame_stage (the stage
+    whose map that head reads: -1 the last, -2 the one before).
     ``conv_cfg`` keys: name, type (dsc|dcls), kernel_size, dilated_kernel_size, kernel_count,
     version (gauss|bilinear), share_positions, position_init (normal|uniform) (the DCLS keys
     only for type dcls).
@@ -191,7 +193,7 @@ def build_model(model_cfg: Any, conv_cfg: Any) -> nn.Module:
     if ccfg["type"] == "dcls":
         swapped = _swap_convs(model, ccfg)
     if mcfg["frame_head"] is not None:  # strong labels: frame logits beside the clip's
-        add_frame_head(model, mcfg["frame_head"])
+        add_frame_head(model, mcfg["frame_head"], mcfg["frame_stage"])
     # weights load into the finished model, so DCLS checkpoints load their P, SIG and weights
     report = init_from_checkpoint(model, pretrained, init) if init != "none" else None
     model.build_info = {
