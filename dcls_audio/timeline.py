@@ -10,10 +10,11 @@ Two ways to turn a window into scores over time (``mode``):
   is averaged over frequency only and each of its T columns goes through the model's head (norm
   and classifier: the timm ``forward_head`` on a 1x1 map), giving T sets of logits per window,
   each placed on the 1.28 s of audio its column's stride covers (128 log-mel frames, measured
-  by :func:`feature_stride`; the window's last ``W - 1.28 T`` seconds are left to the windows
-  after it). A model trained from strong labels (``frames=strong``) has a frame head: its frames
-  (its stage's stride / the head's upsampling: :func:`frame_stride`) are used instead. One
-  window alone thus gives a 1.28 s resolution; windows every ``hop`` seconds refine it to ``hop``.
+  by :func:`~dcls_audio.models.frames.feature_stride`; the window's last ``W - 1.28 T`` seconds
+  are left to the windows after it). A model trained from strong labels (``frames=strong``) has
+  a frame head: its frames (its stage's stride / the head's upsampling: :func:`frame_stride`)
+  are used instead. One window alone thus gives a 1.28 s resolution; windows every ``hop``
+  seconds refine it to ``hop``.
 - ``clip``: the window's clip-level score (the model as trained), placed on the whole window.
 
 Each output frame (``hop`` seconds, centres at ``(k + 0.5) * hop``) is the mean of the scores
