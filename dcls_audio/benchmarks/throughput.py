@@ -147,12 +147,17 @@ def measure_model(
     repeats: int,
     channels_last: bool,
     compile: str = "none",
+    model_overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Interleaved measurement of one model under several convs; one record per conv."""
+    """Interleaved measurement of one model under several convs; one record per conv.
+
+    ``model_overrides``: model config keys replaced (e.g. smaller ``timm_kwargs`` in rehearsals).
+    """
     from dcls_audio.models import build_model
 
     model_cfg = load_group("model", model_name)
     model_cfg["pretrained"] = None
+    model_cfg.update(model_overrides or {})
     runners = {}
     for conv in convs:
         torch.manual_seed(0)
