@@ -42,7 +42,7 @@ mkdir -p "$W" "$OUT/records" "$OUT/logs" "$OUT/runs" "$OUT/env"
 
 if [ "$MODE" = cpu ]; then  # rehearsal: small models, tiny batches, Triton's interpreter
   export TRITON_INTERPRET=1
-  BUDGET=${BUDGET:-480} DEV=cpu DTYPE=fp32 B=2 BO=1 ITERS=1 WARM=1 REPS=1 REPS_O=1 TINY=--tiny
+  BUDGET=${BUDGET:-400} DEV=cpu DTYPE=fp32 B=2 BO=1 ITERS=1 WARM=1 REPS=1 REPS_O=1 TINY=--tiny
   BACKEND=aot_eager TB=2 SHARDS=2 PER=12 NEVAL=8 LOG=2 WORKERS=2 DIV=96 SCALE=3
   TRAIN_EXTRA=("+model.timm_kwargs.dims=[8,16,32,64]" "+model.timm_kwargs.depths=[1,1,1,1]"
     trainer.channels_last=true)  # the layout trainer.channels_last=auto takes on CUDA
