@@ -40,7 +40,9 @@ INFO_KEYS = (
 # (task "multiclass") add dcls_audio.train.tasks.MULTICLASS_KEYS: accuracy, macro_f1,
 # per_class_recall, confusion_matrix; runs with strongly labelled evaluation clips add
 # dcls_audio.train.event_metrics.event_metrics' keys: event_clips, segment_threshold, segment_s
-# and, when event_clips > 0, EVENT_METRIC_KEYS (segment_f1, segment_ap, ...)
+# and, when event_clips > 0, EVENT_METRIC_KEYS (segment_f1, segment_ap, ...); with strongly
+# labelled training clips also segment_f1_tuned, segment_threshold_tuned, segment_f1_train and
+# tune_clips (dcls_audio.train.frames.tuned_threshold)
 METRIC_KEYS = (
     "map",
     "mauc",

@@ -12,13 +12,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from dcls_audio.train.event_metrics import (
     EVENT_METRIC_KEYS,
     average_precision,
+    best_threshold,
     event_metrics,
     reference_segments,
+    segment_counts,
     segment_max,
 )
 
@@ -319,3 +321,29 @@ def test_bad_shapes():
         event_metrics(scores, [[], []], np.ones(2, bool), 10.0, class_mask=np.ones(2, bool))
     with pytest.raises(ValueError, match="non-finite"):
         event_metrics(scores + np.nan, [[], []], np.ones(2, bool), 10.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_best_threshold_is_the_f1_maximum(seed):
+    """Against every candidate threshold (segment_counts at >=) and sklearn's PR curve."""
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.random((40, 10, 6)), 1).astype(np.float32)  # many ties
+    positives = rng.random(scores.shape) < 0.7 * scores
+    threshold, f1 = best_threshold(scores, positives)
+    brute = [segment_counts(positives, scores >= v)["segment_f1"] for v in np.unique(scores)]
+    assert f1 == pytest.approx(max(brute))
+    assert segment_counts(positives, scores >= threshold)["segment_f1"] == pytest.approx(f1)
+    assert not np.isin(np.float32(threshold), scores)  # halfway between two scores
+    precision, recall, _ = precision_recall_curve(positives.ravel(), scores.ravel())
+    with np.errstate(invalid="ignore"):
+        assert f1 == pytest.approx(np.nanmax(2 * precision * recall / (precision + recall)))
+
+
+def test_best_threshold_hand_computed_and_without_positives():
+    scores, labels = np.array([0.9, 0.8, 0.8, 0.3, 0.1]), np.array([1, 1, 0, 1, 0], bool)
+    # >= 0.9: F1 2/4; >= 0.8 (the tie enters whole): 4/6; >= 0.3: 6/7; >= 0.1: 6/8
+    threshold, f1 = best_threshold(scores, labels)
+    assert f1 == pytest.approx(6 / 7) and threshold == pytest.approx(0.2)
+    assert all(math.isnan(v) for v in best_threshold(scores, np.zeros(5, bool)))
+    with pytest.raises(ValueError, match="differ in size"):
+        best_threshold(scores, labels[:4])

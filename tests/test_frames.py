@@ -187,12 +187,16 @@ def test_a_run_with_strong_labels_logs_the_frame_loss_and_scores_events(syntheti
     metrics = run(train_cfg(root, *overrides), run_dir=tmp_path / "run")
     assert metrics["event_clips"] == 5 and 0.0 <= metrics["segment_f1"] <= 1.0
     assert 0.0 < metrics["segment_ap"] <= 1.0 and metrics["segment_threshold"] == 0.5
+    # F1 also at the threshold chosen on the 6 strongly labelled training clips (2 are weak)
+    assert metrics["tune_clips"] == 6 and 0.0 <= metrics["segment_f1_tuned"] <= 1.0
+    assert 0.0 < metrics["segment_f1_train"] <= 1.0 and "segment_threshold_tuned" in metrics
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["segment_ap"] == metrics["segment_ap"]
+    assert results["segment_f1_tuned"] == metrics["segment_f1_tuned"]
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [e for e in lines if e.get("type") == "train"]
     assert train and all(e["frame_loss"] > 0 for e in train)
-    assert "segment F1" in (tmp_path / "run" / "train.log").read_text()
+    assert "chosen on 6 training clips" in (tmp_path / "run" / "train.log").read_text()
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
     assert "frame_head.fc.weight" in state
     # the same data without frames=strong: clip training, events scored from the feature columns
@@ -200,3 +204,21 @@ def test_a_run_with_strong_labels_logs_the_frame_loss_and_scores_events(syntheti
     weak = run(weak_cfg, run_dir=tmp_path / "weak")
     assert weak["event_clips"] == 5 and 0.0 < weak["segment_ap"] <= 1.0
     assert "frame_loss" not in (tmp_path / "weak" / "metrics.jsonl").read_text()
+
+
+def test_tuned_threshold_uses_the_strong_classes_only():
+    import numpy as np
+
+    from dcls_audio.train.frames import tuned_threshold
+
+    scores = np.zeros((2, 2, 2), np.float32)  # 2 clips x 2 segments x 2 classes
+    scores[0, :, 0], scores[1, :, 0] = [0.7, 0.2], [0.4, 0.1]
+    scores[:, :, 1] = 0.05  # class 1's events score low: left out by the mask
+    events = np.array([[[0.0, 1.0, 0.0], [0.0, 0.0, -1.0]],
+                       [[0.0, 2.0, 1.0], [0.0, 0.0, -1.0]]], np.float32)  # fmt: skip
+    got = tuned_threshold((scores, events), np.array([True, False]), 2.0)
+    assert got == {"segment_threshold_tuned": pytest.approx(0.55), "segment_f1_train": 1.0,
+                   "tune_clips": 2}  # fmt: skip
+    everything = tuned_threshold((scores, events), np.array([True, True]), 2.0)
+    assert everything["segment_threshold_tuned"] < 0.05  # class 1 positives pull it down
+    assert tuned_threshold((scores[:0], events[:0]), np.array([True, True]), 2.0) is None

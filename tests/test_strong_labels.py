@@ -277,6 +277,30 @@ def test_evaluation_items_keep_events_in_place_and_weak_rows_pad(tmp_path):
     assert [bool(ds[i][3]) for i in range(4, 9)] == [True, True, False, True, True]
 
 
+def test_tuning_loader_takes_strong_training_clips_unaugmented(tmp_path):
+    """The clips the segment-F1 threshold is chosen on: strong rows only, evenly spread, as
+    stored (no augmentation), at most the asked count; None without strong rows."""
+    from omegaconf import OmegaConf
+
+    from dcls_audio.train.loaders import tuning_loader
+
+    waves = write_file(tmp_path / "s.h5", ROWS + [[4, 0.1, 0.2, 1]], [True, True, False, True,
+                       True])  # fmt: skip
+    write_file(tmp_path / "w.h5", ROWS, None, n=4)
+    cfg = OmegaConf.create({"num_classes": C, "sample_rate": SR, "clip_seconds": T, "fold": None,
+                            "num_workers": 0, "pin_memory": False})  # fmt: skip
+    files = [str(tmp_path / "w.h5"), str(tmp_path / "s.h5")]
+    loader = tuning_loader(cfg, files, 3, 8, 0, 1, torch.device("cpu"))
+    assert loader.dataset.indices == [4, 7, 8]  # strong rows 4, 5, 7, 8 of the set: 3 spread
+    wave, _, events, strong = next(iter(loader))
+    assert strong.all() and wave.shape == (3, L)
+    np.testing.assert_allclose(wave.numpy(), waves[[0, 3, 4]] / 32768.0, atol=1e-7)
+    np.testing.assert_allclose(events[1, 0].numpy(), [1.5, 1.6, 0], atol=1e-6)  # row 3, in place
+    assert len(tuning_loader(cfg, files, 100, 8, 0, 1, torch.device("cpu")).dataset) == 4
+    assert tuning_loader(cfg, files, 0, 8, 0, 1, torch.device("cpu")) is None
+    assert tuning_loader(cfg, files[:1], 100, 8, 0, 1, torch.device("cpu")) is None
+
+
 def test_too_many_events_is_named_at_construction(tmp_path):
     rows = [[0, 0.01 * k, 0.01 * k + 0.005, k % C] for k in range(MAX_EVENTS)]
     rows.append([1, 0.0, 1.0, 0])

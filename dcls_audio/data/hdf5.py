@@ -328,6 +328,10 @@ class AudioSetHDF5(Dataset):
         index %= len(self)
         return self._events[self._ev_ptr[index] : self._ev_ptr[index + 1]]
 
+    def strong_rows(self) -> np.ndarray:
+        """The usable rows that are strongly labelled, in dataset order."""
+        return np.flatnonzero(self._strong)
+
     def is_strong(self, index: int) -> bool:
         """Whether usable row ``index`` is strongly labelled (its events are complete)."""
         return bool(self._strong[index])

@@ -185,6 +185,33 @@ def segment_counts(reference: np.ndarray, system: np.ndarray) -> dict[str, float
     }
 
 
+def best_threshold(scores: np.ndarray, positives: np.ndarray) -> tuple[float, float]:
+    """The threshold of largest micro F1 of scores against bool labels (any equal shapes), and
+    that F1: every distinct score is an operating point (active at ``>=``, ties together), the
+    threshold halfway between the best one and the next lower score. NaNs without a positive.
+
+    Written here: scikit-learn's ``precision_recall_curve`` gives the same operating points but
+    no threshold between them; this is its F1 maximum in one sort.
+    """
+    x = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(positives, dtype=bool).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"scores and positives differ in size: {x.size} and {y.size}")
+    total = int(y.sum())
+    if total == 0:
+        return math.nan, math.nan
+    order = np.argsort(-x, kind="stable")
+    xs, tp = x[order], np.cumsum(y[order])
+    last = np.ones(len(xs), dtype=bool)  # the end of each run of tied scores
+    last[:-1] = xs[:-1] != xs[1:]
+    ends = np.flatnonzero(last)
+    f1 = 2.0 * tp[ends] / (total + ends + 1)
+    best = int(np.argmax(f1))
+    end = ends[best]
+    lower = xs[end + 1] if end + 1 < len(xs) else xs[end] - 1.0
+    return float((xs[end] + lower) / 2.0), float(f1[best])
+
+
 def event_metrics(
     scores: np.ndarray,
     events: np.ndarray | Sequence[Any],

@@ -98,28 +98,27 @@ def clip_frames(frame_probs: np.ndarray, frame_s: float, clip_seconds: float, ra
     return frame_probs[:, src]
 
 
-def event_scores(
+def segment_scores(
     model: nn.Module,
     frontend: nn.Module,
     loader: Any,
     device: torch.device,
-    class_mask: np.ndarray,
     clip_seconds: float,
     main: bool,
     amp: bool = False,
-) -> dict[str, Any] | None:
-    """Event metrics of the model's frames over the strongly labelled clips of ``loader``.
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(segment scores (N, segments, C), padded events (N, E, 3)) of the strongly labelled clips
+    of ``loader``, gathered on the main rank (None on the others; N may be 0).
 
     The frames are the frame head's (``frames=strong``), else the clip head applied to each
     column of the last feature map (the timeline's ``frames`` mode: what a weakly trained model
-    knows of "when"). Every rank scores its shard and takes part in the gather; the main rank
-    gets `dcls_audio.train.event_metrics.event_metrics` (segment F1 at 0.5 and segment AP over
-    1-s segments), the others None. Scores are reduced to segments batch by batch (the max over
-    the frames overlapping each), so memory holds (clips, segments, classes).
+    knows of "when"). Every rank scores its shard and takes part in the gather. Scores are
+    reduced to 1-s segments batch by batch (the max over the frames overlapping each), so memory
+    holds (clips, segments, classes).
     """
-    from dcls_audio.models.frames import frame_logits, frame_seconds
+    from dcls_audio.models.frames import frame_logits
     from dcls_audio.train.distributed import all_gather_object
-    from dcls_audio.train.event_metrics import event_metrics, segment_max
+    from dcls_audio.train.event_metrics import segment_max
     from dcls_audio.train.preempt import batches
 
     segments, rows = [], []
@@ -143,19 +142,76 @@ def event_scores(
         return None
     segments = [s for part, _ in gathered for s in part]
     rows = [r for _, part in gathered for r in part]
-    if not segments:  # no strongly labelled clip to score
+    if not segments:
+        return np.zeros((0, 0, 0), np.float32), np.zeros((0, 0, 3), np.float32)
+    return np.concatenate(segments), np.concatenate(rows)
+
+
+def tuned_threshold(scored: tuple[np.ndarray, np.ndarray] | None, class_mask: np.ndarray,
+                    clip_seconds: float) -> dict[str, Any] | None:  # fmt: skip
+    """The segment-F1 threshold chosen on `segment_scores` of training clips (None: nothing to
+    choose from): ``segment_threshold_tuned``, its training F1 and the clips it saw."""
+    from dcls_audio.train.event_metrics import best_threshold, reference_segments
+
+    if scored is None or len(scored[0]) == 0:
+        return None
+    scores, events = scored
+    mask = np.asarray(class_mask, dtype=bool)
+    reference = reference_segments(events, len(scores), scores.shape[2], clip_seconds)
+    threshold, f1 = best_threshold(scores[:, :, mask], reference[:, :, mask])
+    if not np.isfinite(threshold):  # no active segment in the training clips
+        return None
+    return {"segment_threshold_tuned": threshold, "segment_f1_train": f1,
+            "tune_clips": int(len(scores))}  # fmt: skip
+
+
+def event_scores(
+    model: nn.Module,
+    frontend: nn.Module,
+    loader: Any,
+    device: torch.device,
+    class_mask: np.ndarray,
+    clip_seconds: float,
+    main: bool,
+    amp: bool = False,
+    tuned: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Event metrics of the model's frames over the strongly labelled clips of ``loader``.
+
+    Every rank takes part (`segment_scores`); the main rank gets
+    `dcls_audio.train.event_metrics.event_metrics` (segment F1 at 0.5 and segment AP over 1-s
+    segments), plus ``segment_f1_tuned`` at the threshold of ``tuned`` (`tuned_threshold`, chosen
+    on training clips) and that choice's keys; the other ranks None.
+    """
+    from dcls_audio.train.event_metrics import event_metrics
+
+    scored = segment_scores(model, frontend, loader, device, clip_seconds, main, amp)
+    if scored is None:
+        return None
+    scores, events = scored
+    if len(scores) == 0:  # no strongly labelled clip to score
         return {"event_clips": 0}
-    scores, events = np.concatenate(segments), np.concatenate(rows)
     strong = np.ones(len(scores), dtype=bool)
-    return event_metrics(scores, events, strong, clip_seconds, class_mask=class_mask)
+    out = event_metrics(scores, events, strong, clip_seconds, class_mask=class_mask)
+    if tuned:
+        at = event_metrics(scores, events, strong, clip_seconds, class_mask=class_mask,
+                           threshold=tuned["segment_threshold_tuned"])  # fmt: skip
+        out.update(tuned, segment_f1_tuned=at["segment_f1"])
+    return out
 
 
 def event_line(metrics: dict[str, Any]) -> str:
     """Console line of the event metrics."""
     if not metrics.get("event_clips"):
         return "events: no strongly labelled evaluation clip"
+    tuned = ""
+    if "segment_f1_tuned" in metrics:
+        tuned = (
+            f" ({metrics['segment_f1_tuned']:.4f} at {metrics['segment_threshold_tuned']:.3f}, "
+            f"chosen on {metrics['tune_clips']} training clips)"
+        )
     return (
         f"events ({metrics['event_clips']} strong clips, 1-s segments): segment F1 "
-        f"{metrics['segment_f1']:.4f} at {metrics['segment_threshold']:g}, segment AP "
+        f"{metrics['segment_f1']:.4f} at {metrics['segment_threshold']:g}{tuned}, segment AP "
         f"{metrics['segment_ap']:.4f}"
     )

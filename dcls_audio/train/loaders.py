@@ -217,6 +217,29 @@ def build_loaders(
     return Loaders(train=train, sampler=sampler, eval=eval_loader)
 
 
+def tuning_loader(
+    data_cfg: Any, train_files: list[str], max_clips: int, batch_size: int, rank: int,
+    world_size: int, device: torch.device,
+) -> DataLoader | None:  # fmt: skip
+    """Up to ``max_clips`` strongly labelled training clips, evenly spread over the set, without
+    augmentation and sharded like the evaluation: where the segment-F1 threshold is chosen.
+    None when the training files have no strongly labelled clip (or ``max_clips`` is 0)."""
+    if max_clips <= 0:
+        return None
+    train_kw, _ = dataset_options(data_cfg)
+    dataset = AudioSetHDF5(train_files, int(data_cfg.num_classes), train=False, **train_kw)
+    rows = dataset.strong_rows() if dataset.has_strong else np.zeros(0, dtype=np.int64)
+    if len(rows) == 0:
+        return None
+    picked = np.unique(np.linspace(0, len(rows) - 1, min(max_clips, len(rows))).round())
+    subset = Subset(dataset, rows[picked.astype(np.int64)].tolist())
+    return DataLoader(
+        subset, batch_size, sampler=ShardedEvalSampler(len(subset), rank, world_size),
+        pin_memory=bool(data_cfg.pin_memory) and device.type == "cuda",
+        **loader_options(int(data_cfg.num_workers)),
+    )  # fmt: skip
+
+
 def clip_samples(data_cfg: Any) -> int:
     """Samples per clip at 32 kHz from ``data.clip_seconds``."""
     seconds = data_cfg.clip_seconds

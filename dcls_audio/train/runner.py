@@ -121,8 +121,20 @@ def _train(
     )
     from dcls_audio.train.distill import DistillConfig, build_teacher, results_entry
     from dcls_audio.train.finetune import build_run_optimizer, freeze_backbone, init_report
-    from dcls_audio.train.frames import build_frame_loss, event_line, event_scores
-    from dcls_audio.train.loaders import batch_augment, build_loaders, clip_samples, resolve_classes
+    from dcls_audio.train.frames import (
+        build_frame_loss,
+        event_line,
+        event_scores,
+        segment_scores,
+        tuned_threshold,
+    )
+    from dcls_audio.train.loaders import (
+        batch_augment,
+        build_loaders,
+        clip_samples,
+        resolve_classes,
+        tuning_loader,
+    )
     from dcls_audio.train.tasks import build_task, summary_line, write_confusion
 
     tr = cfg.trainer
@@ -245,8 +257,16 @@ def _train(
             metrics = fit(trainee, recipe, loaders, plan, io, state, epoch_rng)
         eval_set = getattr(loaders.eval.dataset, "dataset", loaders.eval.dataset)  # a Subset's
         if getattr(eval_set, "has_strong", False) and task.name == "multilabel":
-            found = event_scores(model, frontend, loaders.eval, device, eval_set.strong_classes,
-                                 clip_samples(cfg.data) / SAMPLE_RATE, main, amp)  # fmt: skip
+            clip_s, mask = clip_samples(cfg.data) / SAMPLE_RATE, eval_set.strong_classes
+            tune = tuning_loader(cfg.data, files[0], int(cfg.frames.get("tune_clips", 0)),
+                                 int(tr.eval_batch_size or tr.batch_size), env.rank,
+                                 env.world_size, device)  # fmt: skip
+            tuned = None  # segment F1 also at a threshold chosen on training clips
+            if tune is not None:
+                scored = segment_scores(model, frontend, tune, device, clip_s, main, amp)
+                tuned = tuned_threshold(scored, mask, clip_s)
+            found = event_scores(model, frontend, loaders.eval, device, mask, clip_s, main, amp,
+                                 tuned)  # fmt: skip
             if main:
                 metrics = {**metrics, **found}
                 logger.print(event_line(found))
