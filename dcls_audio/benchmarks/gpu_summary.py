@@ -210,6 +210,13 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write(path: Path, text: str) -> None:
+    """Write beside ``path``, then rename: a cut run never leaves half a summary."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: write the summary JSON and markdown of an output folder."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -220,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     doc = summarize(args.out_dir, args.command)
     text = markdown(doc)
-    (args.json or args.out_dir / "summary.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (args.markdown or args.out_dir / "summary.md").write_text(text)
+    _write(args.json or args.out_dir / "summary.json", json.dumps(doc, indent=1) + "\n")
+    _write(args.markdown or args.out_dir / "summary.md", text)
     print(text)
     return 0
 
