@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from dcls_audio.benchmarks import throughput
-from dcls_audio.benchmarks.gpu_session import _top, _write
+from dcls_audio.benchmarks.gpu_session import _top, _train_rows, _write, steady_rate
 from dcls_audio.benchmarks.throughput import _Runner, _sync, device_name, resolve_device
 
 #: timm constructor arguments of the rehearsal's small models (ConvFormer's are fixed by timm)
@@ -106,33 +105,6 @@ def model_rates(
     return records
 
 
-def _windows(run_dir: Path) -> list[dict]:
-    rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line cut by the time limit
-        if entry.get("type") == "train" and "samples_per_s" in entry:
-            rows.append(entry)
-    return rows
-
-
-def steady_rate(rows: list[dict], skip: int) -> dict[str, Any]:
-    """Median window rate after each epoch's first ``skip`` windows (None without any)."""
-    seen: dict[int, int] = {}
-    steady = []
-    for r in rows:
-        k = seen[r["epoch"]] = seen.get(r["epoch"], -1) + 1
-        if k >= skip:
-            steady.append(r["samples_per_s"])
-    return {
-        "samples_per_s": round(statistics.median(steady), 2) if steady else None,
-        "steady_windows": len(steady),
-        "windows": [round(r["samples_per_s"], 1) for r in rows],
-    }
-
-
 def _device_line(run_dir: Path) -> dict[str, str]:
     """The run's ``device: k v, ...`` line (train.log), as a dict."""
     log = run_dir / "train.log"
@@ -151,7 +123,7 @@ def trainer_record(
     results = run_dir / "results.json"
     doc = json.loads(results.read_text()) if results.exists() else {}
     info.update({k: v for k, v in (doc.get("device") or {}).items() if v is not None})
-    rows = _windows(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+    rows = _train_rows(run_dir) if (run_dir / "metrics.jsonl").exists() else []
     dev = str(info.get("device", "unknown")).split(":")[0]
     cl, mode = str(info.get("channels_last", "")), str(info.get("compile", "none"))
     rec: dict[str, Any] = {

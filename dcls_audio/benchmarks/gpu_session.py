@@ -45,6 +45,7 @@ def tune(device: str, batch: int, dtype: str, channels_div: int, out: str, confi
     from dcls_audio.dcls import Dcls2d, dwconv, tuning
 
     from .cuda_layers import COUNT, SIZE, STAGE_MAPS
+    from .gpu_exact import path_errors  # here: gpu_exact imports this module
 
     dt = getattr(torch, dtype)
     doc: dict[str, Any] = {"device": device_name(torch.device(device)), "batch": batch, "rows": []}
@@ -61,7 +62,7 @@ def tune(device: str, batch: int, dtype: str, channels_div: int, out: str, confi
         y.backward(torch.randn_like(y))
         _sync(x.device)
         row = {"input": [batch, c, h, w], "seconds": time.perf_counter() - start}
-        row["max_rel_err"] = _errors(x.detach(), kernel.detach(), pads)
+        row["max_rel_err"] = path_errors("triton", x.detach(), kernel.detach(), pads)
         doc["rows"].append(row)
         doc["tuned"], doc["timings"] = tuning.TUNED, tuning.TIMINGS
         _write(out, doc)
@@ -69,28 +70,6 @@ def tune(device: str, batch: int, dtype: str, channels_div: int, out: str, confi
     for key, cfg in tuning.TUNED.items():
         print(f"{key}: {cfg}")
     return doc
-
-
-def _errors(x: torch.Tensor, kernel: torch.Tensor, pads: Any, k: int = 4) -> dict:
-    """The tuned Triton path at this batch size against float64 on its first ``k`` samples
-    (the output gradient is zero beyond them, so the kernel gradient is theirs alone)."""
-    import torch.nn.functional as F
-
-    from dcls_audio.dcls import dwconv
-
-    ins = [t.clone().requires_grad_() for t in (x, kernel)]
-    y = dwconv.run_path("triton", *ins, None, pads)
-    g = torch.zeros_like(y)
-    g[:k] = torch.randn_like(y[:k])
-    dx, dw = torch.autograd.grad(y, ins, g)
-    refs = [x[:k].double().requires_grad_(), kernel.double().requires_grad_()]
-    flat = [v for lr in reversed(pads) for v in lr]
-    y_ref = F.conv2d(F.pad(refs[0], flat), refs[1], groups=kernel.shape[0])
-    ref_outs = (y_ref, *torch.autograd.grad(y_ref, refs, g[:k].double()))
-    return {
-        name: ((a.double() - b).abs().max() / b.abs().max()).item()
-        for name, a, b in zip(("y", "dx", "dw"), (y[:k], dx[:k], dw), ref_outs, strict=True)
-    }
 
 
 def _top(prof: Any, steps: int, cuda: bool, limit: int = 40) -> list[dict]:
@@ -207,22 +186,38 @@ def compile_bench(
 
 
 def _train_rows(run_dir: Path) -> list[dict]:
+    """The progress windows of a run's metrics.jsonl (a line cut by a time limit is skipped)."""
     rows = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        entry = json.loads(line)
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
         if entry.get("type") == "train" and "samples_per_s" in entry:
             rows.append(entry)
     return rows
 
 
+def steady_rate(rows: list[dict], skip: int) -> dict[str, Any]:
+    """Median window rate after each epoch's first ``skip`` windows (None without any)."""
+    seen: dict[int, int] = {}
+    steady = []
+    for r in rows:
+        k = seen[r["epoch"]] = seen.get(r["epoch"], -1) + 1
+        if k >= skip:
+            steady.append(r["samples_per_s"])
+    return {
+        "samples_per_s": round(statistics.median(steady), 2) if steady else None,
+        "steady_windows": len(steady),
+        "windows": [round(r["samples_per_s"], 1) for r in rows],
+    }
+
+
 def run_rate(run_dir: Path) -> dict:
     """Median window rate after each epoch's first window (loader start-up), and all windows."""
-    rows = _train_rows(run_dir)
-    steady = [
-        r["samples_per_s"] for k, r in enumerate(rows) if k and r["epoch"] == rows[k - 1]["epoch"]
-    ]
-    out: dict[str, Any] = {"windows": [round(r["samples_per_s"], 1) for r in rows]}
-    out["steady_samples_per_s"] = round(statistics.median(steady), 2) if steady else None
+    rate = steady_rate(_train_rows(run_dir), skip=1)
+    out: dict[str, Any] = {"windows": rate["windows"]}
+    out["steady_samples_per_s"] = rate["samples_per_s"]
     results = run_dir / "results.json"
     if results.exists():
         doc = json.loads(results.read_text())
