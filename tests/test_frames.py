@@ -114,6 +114,10 @@ def test_frame_options_are_checked(synthetic_root):
         build_frame_loss(plain.frames, plain_model, Weak(), "cpu", [])
     default = train_cfg(synthetic_root(2), conv="dsc").frames  # frames=none: nothing to do
     assert build_frame_loss(default, plain_model, Weak(), "cpu", []) is None
+    for bad in (-1, 2.5, "all"):
+        default.tune_clips = bad
+        with pytest.raises(ValueError, match=r"frames.tune_clips=.*expected an integer >= 0"):
+            build_frame_loss(default, plain_model, Weak(), "cpu", [])
 
 
 def test_clip_frames_resamples_to_the_clip():

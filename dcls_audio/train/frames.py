@@ -55,6 +55,9 @@ def build_frame_loss(
     frames_cfg: Any, model: nn.Module, train_dataset: Any, device: torch.device, files: list[str]
 ) -> FrameLoss | None:
     """The run's `FrameLoss` (None without a frame head); errors name the keys to change."""
+    tune = frames_cfg.get("tune_clips", 0)  # used at the end of the run: checked before it
+    if isinstance(tune, bool) or not isinstance(tune, int) or tune < 0:
+        raise ValueError(f"frames.tune_clips={tune!r}: expected an integer >= 0 (0: off)")
     weight = float(frames_cfg.weight)
     head = has_frame_head(model)
     if not head and weight == 0.0:
