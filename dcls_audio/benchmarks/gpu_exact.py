@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from dcls_audio.benchmarks.gpu_session import _write
 from dcls_audio.benchmarks.throughput import device_name, resolve_device
+from dcls_audio.runfiles import write_json
 
 #: max|d| / max|ref| against float64: float32 (tf32x3 products) and one bf16 rounding
 BOUNDS = {"float32": 1e-5, "bfloat16": 2**-8 + 1e-5}
@@ -87,7 +87,7 @@ def exact(
     def add(row: dict) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
-        _write(out, {**head, "rows": rows})
+        write_json(out, {**head, "rows": rows})
 
     for c, h, w in STAGE_MAPS:
         c = max(1, c // channels_div)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from dcls_audio.benchmarks.gpu_exact import path_errors
 from dcls_audio.benchmarks.throughput import _Runner, _sync, device_name
 from dcls_audio.dcls.interpreter import patch_triton_interpreter
 
@@ -45,7 +46,6 @@ def tune(device: str, batch: int, dtype: str, channels_div: int, out: str, confi
     from dcls_audio.dcls import Dcls2d, dwconv, tuning
 
     from .cuda_layers import COUNT, SIZE, STAGE_MAPS
-    from .gpu_exact import path_errors  # here: gpu_exact imports this module
 
     dt = getattr(torch, dtype)
     doc: dict[str, Any] = {"device": device_name(torch.device(device)), "batch": batch, "rows": []}
